@@ -1,0 +1,29 @@
+# Two commands a researcher needs (README): `make repro` and `make test`.
+# Both create .venv and install the project into it on first use.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch first, pinned: on our CPU machines pip takes the local CPU wheel, elsewhere
+# PyPI's default (CUDA on Linux x86_64). Override with `make TORCH='torch==2.x' ...`.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install repro test clean-venv
+
+$(BIN)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet '$(TORCH)'
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# The main job: the whole DVC pipeline on the embedded phantom.
+repro: install
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

