@@ -18,9 +18,10 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 install: $(BIN)/.installed
 
-# The main job: the whole DVC pipeline on the embedded phantom.
+# The main job: the whole DVC pipeline on the embedded phantom. Stage commands call
+# `python`, so the venv goes first on PATH (as after `source .venv/bin/activate`).
 repro: install
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: install
 	$(BIN)/python -m pytest
