@@ -10,8 +10,6 @@ from typing import Callable
 
 import yaml
 
-from nodule_net.dicom import DicomError
-
 
 def load_params(path: str | Path = "params.yaml") -> dict:
     """The whole params file as a dict."""
@@ -30,7 +28,7 @@ def user_errors_exit(main: Callable[..., None]) -> Callable[..., None]:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         try:
             return main(*args, **kwargs)
-        except (DicomError, ValueError, FileNotFoundError) as err:
+        except (ValueError, FileNotFoundError) as err:  # DicomError is a ValueError
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
 
