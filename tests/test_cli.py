@@ -1,0 +1,38 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nodule_net.cli import lidc_stats
+
+
+def test_lidc_stats_json_on_two_patients():
+    out = subprocess.run([sys.executable, "-m", "nodule_net.cli", "lidc-stats", "--json", "--workers", "1",
+                          "--patients", "LIDC-IDRI-0001", "LIDC-IDRI-0003"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    ours, paper = result["ours"], result["paper"]
+    assert ours["nodules"] == 5 and ours["patients"] == 2 and ours["scans"] == 2
+    assert paper["nodules"] == 2622 and paper["interobserver_mae"]["mean"] == 0.62
+    assert set(ours["interobserver_mae"]) == set(paper["interobserver_mae"])
+
+
+def test_lidc_stats_table_and_bad_patient(capsys):
+    from nodule_net.cli import main
+
+    main(["lidc-stats", "--workers", "1", "--patients", "LIDC-IDRI-0001"])
+    table = capsys.readouterr().out
+    assert "inter-observer MAE" in table and "2622" in table
+    with pytest.raises(SystemExit) as exit_info:
+        main(["lidc-stats", "--patients", "LIDC-IDRI-7777"])
+    assert exit_info.value.code == 1
+    assert "LIDC-IDRI-7777" in capsys.readouterr().err
+
+
+def test_scans_all_counts_second_scans():
+    first = lidc_stats("first", workers=1, progress=False, patients=["LIDC-IDRI-0132"])
+    every = lidc_stats("all", workers=1, progress=False, patients=["LIDC-IDRI-0132"])
+    assert first["scans"] == 1 and every["scans"] == 2
+    assert every["nodules"] > first["nodules"]
