@@ -1,0 +1,313 @@
+"""The attention-enhanced cross-task network of Fu et al. (paper §2), and its ablations.
+
+Ordered bottom-up: segment helpers, backbones, the three attention modules (SAM,
+ASCMM, CAAM), the prediction head, then :class:`NoduleNet`.
+
+Every forward takes a *packed* batch: the slices of B nodules concatenated along the
+batch axis, ``images`` (S, H, W), plus ``segment_ids`` (S,) saying which nodule
+each slice belongs to (non-decreasing, 0..B-1). The 2D variants never pad in z —
+a nodule is as deep as it is (1–45 slices in LIDC); per-nodule softmax, means and
+weighted sums run per segment, so a packed batch gives the same outputs as the
+nodules one at a time (paper §2: "slices in the batch dimension").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from nodule_net.attributes import ATTRIBUTES, N_ATTRIBUTES, attribute_index
+
+VARIANTS: tuple[str, ...] = ("none", "sam", "caam", "caam_ascmm", "full", "3d")
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "full"  # none | sam | caam | caam_ascmm | full | 3d (paper Tables 1, 2)
+    attribute: str | None = None  # None: all 9 attributes; a name: single-attribute model (Table S2)
+    widths: tuple[int, ...] = (32, 64, 128, 256)  # conv channels per stage (authors' code)
+    convs_per_stage: tuple[int, ...] = (2, 2, 3, 3)  # 3×3 convs per stage, maxpool between stages
+    sam_hidden: int = 128  # SAM FC 256→128→1 (eq. 1)
+    caam_hidden: int = 128  # CAAM FC 256→128→1 (eq. 5)
+    head_hidden: int = 256  # prediction head FC 256→256→1 (§2.3)
+    depth_3d: int = 64  # the 3d variant zero-pads every volume to this many slices (§3.3)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(
+                f"model.variant={self.variant!r} is not a known variant; use one of {', '.join(VARIANTS)}."
+            )
+        if self.attribute is not None:
+            attribute_index(self.attribute)  # raises a ValueError naming the valid attributes
+        if len(self.widths) != len(self.convs_per_stage):
+            raise ValueError(
+                f"model.widths {self.widths} and model.convs_per_stage {self.convs_per_stage} "
+                "must have the same length (one entry per backbone stage)."
+            )
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """The attributes this model predicts, in output order."""
+        if self.attribute is None:
+            return ATTRIBUTES
+        return (ATTRIBUTES[attribute_index(self.attribute)],)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.attributes)
+
+    @property
+    def uses_sam(self) -> bool:
+        return self.variant in ("sam", "full")
+
+    @property
+    def uses_caam(self) -> bool:
+        return self.variant in ("caam", "caam_ascmm", "full")
+
+    @property
+    def uses_aux(self) -> bool:
+        return self.variant in ("caam_ascmm", "full")
+
+
+class ModelOutput(NamedTuple):
+    """What :meth:`NoduleNet.forward` returns; scores are normalised to [0, 1]."""
+
+    scores: Tensor  # (B, K) final predictions
+    aux_scores: Tensor | None  # (B, K) ASCMM auxiliary predictions (caam_ascmm, full)
+    slice_weights: Tensor | None  # (S,) SAM weights, summing to 1 per nodule (sam, full)
+    caam_weights: Tensor | None  # (B, K, K) raw CAAM weights; row t weighs attributes for t
+
+
+# --- segment helpers: per-nodule reductions over a packed batch --------------------------
+
+
+def segment_count(segment_ids: Tensor, n_segments: int) -> Tensor:
+    """(B,) number of slices per nodule."""
+    ones = torch.ones_like(segment_ids, dtype=torch.float32)
+    return torch.zeros(n_segments, device=segment_ids.device).index_add_(0, segment_ids, ones)
+
+
+def segment_softmax(logits: Tensor, segment_ids: Tensor, n_segments: int) -> Tensor:
+    """Softmax of ``logits`` (S,) within each segment (paper eq. 2, per nodule)."""
+    # Subtract the per-segment max for stability, as torch.softmax does.
+    seg_max = torch.full((n_segments,), float("-inf"), device=logits.device, dtype=logits.dtype)
+    seg_max = seg_max.scatter_reduce(0, segment_ids, logits.detach(), reduce="amax", include_self=True)
+    exp = torch.exp(logits - seg_max[segment_ids])  # (S,)
+    denom = torch.zeros(n_segments, device=logits.device, dtype=logits.dtype).index_add(0, segment_ids, exp)
+    return exp / denom[segment_ids]
+
+
+def segment_sum(values: Tensor, segment_ids: Tensor, n_segments: int) -> Tensor:
+    """Sum of ``values`` (S, D) within each segment → (B, D)."""
+    out = values.new_zeros((n_segments, values.shape[1]))
+    return out.index_add(0, segment_ids, values)
+
+
+def segment_mean(values: Tensor, segment_ids: Tensor, n_segments: int) -> Tensor:
+    """Mean of ``values`` (S, D) within each segment → (B, D); the attention-free pooling."""
+    counts = segment_count(segment_ids, n_segments).to(values.dtype)
+    return segment_sum(values, segment_ids, n_segments) / counts[:, None]
+
+
+# --- backbones ---------------------------------------------------------------------------
+
+
+class Backbone(nn.Module):
+    """VGG-like CNN, no BatchNorm or dropout (paper §2.1 and the authors' code).
+
+    2D: stages of 3×3 convs (stride 1, pad 1, bias) + ReLU with 2×2 maxpool between
+    stages, then global average pooling: (S, 1, H, W) → (S, 256). ``dims=3`` builds the
+    same widths with 3×3×3 convs for the ``3d`` ablation (§3.3): (B, 1, D, H, W) → (B, 256).
+    """
+
+    def __init__(self, widths: tuple[int, ...], convs_per_stage: tuple[int, ...], dims: int = 2) -> None:
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for stage, (width, n_convs) in enumerate(zip(widths, convs_per_stage)):
+            if stage > 0:
+                layers.append(pool(2))
+            for _ in range(n_convs):
+                layers += [conv(in_ch, width, 3, stride=1, padding=1, bias=True), nn.ReLU(inplace=True)]
+                in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.out_features = in_ch
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x)  # (N, 256, 8, 8[, 8]) for 64² inputs
+        return x.flatten(2).mean(dim=2)  # (N, 256) global average pooling
+
+
+# --- attention modules -------------------------------------------------------------------
+
+
+class SliceAttention(nn.Module):
+    """Slice attention module, SAM (paper §2.2.1, eqs. 1–3).
+
+    Scores each slice's GAP vector with FC 256→128, ReLU, FC 128→1, softmaxes the
+    scores over the nodule's slices and returns the weighted sum (the content vector).
+    """
+
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden, 1)
+
+    def forward(self, x: Tensor, segment_ids: Tensor, n_segments: int) -> tuple[Tensor, Tensor]:
+        logits = self.fc2(self.act(self.fc1(x))).squeeze(1)  # (S,)
+        weights = segment_softmax(logits, segment_ids, n_segments)  # (S,)
+        content = segment_sum(weights[:, None] * x, segment_ids, n_segments)  # (B, 256)
+        return content, weights
+
+
+class AttributeSpecialisation(nn.Module):
+    """Attribute-specific content modulation module, ASCMM (paper §2.2.2, eq. 4).
+
+    One FC 256→256 per attribute turns the content vector into that attribute's
+    specialised vector; with ``aux=True`` an FC 256→1 without bias and a sigmoid (no
+    activation in between, as in the authors' code) give the auxiliary score that the
+    λ-weighted loss supervises. ``aux=False`` is the ``caam`` ablation: the specialised
+    vectors exist but nothing supervises them directly.
+    """
+
+    def __init__(self, n_attributes: int, features: int, aux: bool) -> None:
+        super().__init__()
+        self.specialise = nn.ModuleList(nn.Linear(features, features) for _ in range(n_attributes))
+        self.aux = nn.ModuleList(nn.Linear(features, 1, bias=False) for _ in range(n_attributes)) if aux else None
+
+    def forward(self, content: Tensor) -> tuple[Tensor, Tensor | None]:
+        specialised = torch.stack([fc(content) for fc in self.specialise], dim=1)  # (B, K, 256)
+        if self.aux is None:
+            return specialised, None
+        aux = torch.cat([fc(specialised[:, t]) for t, fc in enumerate(self.aux)], dim=1)  # (B, K)
+        return specialised, torch.sigmoid(aux)
+
+
+class CrossAttributeUnit(nn.Module):
+    """One CAAM unit (paper eqs. 5–6): scores all K specialised vectors for one attribute.
+
+    The raw, unnormalised scores weight the sum (the paper has no softmax here, nor
+    does the authors' code).
+    """
+
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(features, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden, 1)
+
+    def forward(self, specialised: Tensor) -> tuple[Tensor, Tensor]:
+        weights = self.fc2(self.act(self.fc1(specialised))).squeeze(2)  # (B, K)
+        fused = (weights[:, :, None] * specialised).sum(dim=1)  # (B, 256)
+        return fused, weights
+
+
+class CrossAttributeAttention(nn.Module):
+    """Cross-attribute attention module, CAAM (paper §2.2.2): one unit per attribute."""
+
+    def __init__(self, n_attributes: int, features: int, hidden: int) -> None:
+        super().__init__()
+        self.units = nn.ModuleList(CrossAttributeUnit(features, hidden) for _ in range(n_attributes))
+
+    def forward(self, specialised: Tensor) -> tuple[Tensor, Tensor]:
+        fused, weights = zip(*(unit(specialised) for unit in self.units))
+        return torch.stack(fused, dim=1), torch.stack(weights, dim=1)  # (B, K, 256), (B, K, K)
+
+
+class PredictionHead(nn.Module):
+    """Score regression (paper §2.3): per attribute FC 256→256, ReLU, FC 256→1 (no bias), sigmoid."""
+
+    def __init__(self, n_attributes: int, features: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.ModuleList(nn.Linear(features, hidden) for _ in range(n_attributes))
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.ModuleList(nn.Linear(hidden, 1, bias=False) for _ in range(n_attributes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: (B, K, 256), one input vector per attribute branch
+        scores = [fc2(self.act(fc1(x[:, t]))) for t, (fc1, fc2) in enumerate(zip(self.fc1, self.fc2))]
+        return torch.sigmoid(torch.cat(scores, dim=1))  # (B, K)
+
+
+# --- the network -------------------------------------------------------------------------
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Paper §3.2: He (Kaiming-normal) conv weights, Glorot (Xavier-uniform) FC weights, zero biases."""
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    elif isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+    else:
+        return
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def pad_volumes(images: Tensor, segment_ids: Tensor, n_segments: int, depth: int) -> Tensor:
+    """Scatter packed slices (S, H, W) into zero-padded volumes (B, 1, depth, H, W), centred in z."""
+    counts = segment_count(segment_ids, n_segments).long()  # (B,)
+    if int(counts.max()) > depth:
+        raise ValueError(
+            f"A nodule has {int(counts.max())} slices but the 3d variant pads to model.depth_3d={depth}; "
+            "raise model.depth_3d to at least the deepest nodule."
+        )
+    starts = torch.cumsum(counts, 0) - counts  # (B,) first packed row of each nodule
+    pad_before = (depth - counts) // 2  # centring keeps z-reversal augmentation symmetric
+    z = torch.arange(len(segment_ids), device=images.device) - starts[segment_ids] + pad_before[segment_ids]
+    volumes = images.new_zeros((n_segments, depth, *images.shape[1:]))
+    volumes[segment_ids, z] = images
+    return volumes[:, None]  # (B, 1, D, H, W)
+
+
+class NoduleNet(nn.Module):
+    """Fu et al.'s multi-attribute network and its ablations, selected by ``config.variant``.
+
+    - ``none``: backbone → mean over slices → per-attribute heads (attention-free baseline)
+    - ``sam``: SAM pooling instead of the mean
+    - ``caam``: mean → per-attribute FC 256→256 → CAAM → heads (no auxiliary loss)
+    - ``caam_ascmm``: mean → ASCMM (with auxiliary scores) → CAAM → heads
+    - ``full``: SAM → ASCMM → CAAM → heads (the proposed model)
+    - ``3d``: 3D backbone on volumes zero-padded to ``depth_3d`` slices → heads
+
+    Modules a variant does not use are not built (``None``), so they hold no parameters.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        k, c = config.n_outputs, config.widths[-1]
+        dims = 3 if config.variant == "3d" else 2
+        self.backbone = Backbone(config.widths, config.convs_per_stage, dims=dims)
+        self.sam = SliceAttention(c, config.sam_hidden) if config.uses_sam else None
+        self.ascmm = AttributeSpecialisation(k, c, aux=config.uses_aux) if config.uses_caam else None
+        self.caam = CrossAttributeAttention(k, c, config.caam_hidden) if config.uses_caam else None
+        self.head = PredictionHead(k, c, config.head_hidden)
+        self.apply(_init_weights)
+
+    def forward(self, images: Tensor, segment_ids: Tensor, n_nodules: int | None = None) -> ModelOutput:
+        """``images`` (S, H, W) normalised slices of B nodules; ``segment_ids`` (S,) in 0..B-1."""
+        b = int(segment_ids.max()) + 1 if n_nodules is None else n_nodules
+        k = self.config.n_outputs
+        if self.config.variant == "3d":
+            content = self.backbone(pad_volumes(images, segment_ids, b, self.config.depth_3d))  # (B, 256)
+            return ModelOutput(self.head(content[:, None].expand(-1, k, -1)), None, None, None)
+        features = self.backbone(images[:, None])  # (S, 256)
+        slice_weights = None
+        if self.sam is not None:
+            content, slice_weights = self.sam(features, segment_ids, b)  # (B, 256), (S,)
+        else:
+            content = segment_mean(features, segment_ids, b)  # (B, 256)
+        aux_scores = caam_weights = None
+        if self.caam is not None:
+            specialised, aux_scores = self.ascmm(content)  # (B, K, 256), (B, K) | None
+            branches, caam_weights = self.caam(specialised)  # (B, K, 256), (B, K, K)
+        else:
+            branches = content[:, None].expand(-1, k, -1)  # (B, K, 256): every head sees the content
+        return ModelOutput(self.head(branches), aux_scores, slice_weights, caam_weights)

@@ -1,0 +1,43 @@
+"""DVC stage `split`: seeded k-fold cross-validation folds (paper §3.3) → a JSON of nodule ids.
+
+Params: seed, folds (k = its length), split.group_by_patient, split.val_fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+from nodule_net.params import load_params, user_errors_exit
+from nodule_net.split import kfold_split, write_splits
+from nodule_net.store import read_dataset
+
+
+@user_errors_exit
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True, help="the extracted nodule dataset (HDF5)")
+    parser.add_argument("--out", required=True, help="where to write the folds (JSON)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    folds = list(params["folds"])
+    if folds != list(range(len(folds))):
+        raise ValueError(f"folds={folds} must be 0, 1, ..., k-1; k = the number of folds.")
+
+    data = read_dataset(args.dataset)
+    splits = kfold_split(
+        data.nodule_id,
+        data.patient_id,
+        n_folds=len(folds),
+        seed=int(params["seed"]),
+        group_by_patient=bool(params["split"]["group_by_patient"]),
+        val_fraction=float(params["split"]["val_fraction"]),
+    )
+    write_splits(args.out, splits)
+    sizes = ", ".join(f"{k}: {len(f['train'])}/{len(f['val'])}/{len(f['test'])}" for k, f in enumerate(splits["folds"]))
+    print(f"{len(data)} nodules in {len(folds)} folds (train/val/test) {sizes} → {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Tiny in-memory NoduleDatasets for the modelling tests (no extractor, no DICOM).
+
+Each nodule is a bright disk whose radius grows with its first rating, so a model can
+learn something in a handful of steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nodule_net.attributes import N_ATTRIBUTES, RATING_MAX, RATING_MIN
+from nodule_net.store import NoduleDataset
+
+
+def make_dataset(
+    n_nodules: int = 12, size: int = 16, max_depth: int = 4, n_patients: int | None = None, seed: int = 0
+) -> NoduleDataset:
+    rng = np.random.default_rng(seed)
+    depths = rng.integers(1, max_depth + 1, size=n_nodules)
+    offsets = np.concatenate([[0], np.cumsum(depths)]).astype(np.int64)
+    ratings = RATING_MIN + rng.random((n_nodules, N_ATTRIBUTES)) * (RATING_MAX - RATING_MIN)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    images = np.full((offsets[-1], size, size), -800.0, dtype=np.float32)
+    for n in range(n_nodules):
+        radius = 1 + (ratings[n, 0] - 1) / 4 * (size / 3)
+        disk = (yy**2 + xx**2) <= radius**2
+        images[offsets[n] : offsets[n + 1]][:, disk] = 40.0
+    images += rng.normal(0, 20, images.shape).astype(np.float32)
+    n_patients = n_patients or n_nodules
+    patient = rng.integers(0, n_patients, size=n_nodules)
+    return NoduleDataset(
+        images=images,
+        offsets=offsets,
+        ratings=ratings,
+        reader_ratings=np.repeat(ratings[:, None], 4, axis=1),
+        n_readers=np.full(n_nodules, 4),
+        nodule_id=np.array([f"LIDC-IDRI-{patient[n]:04d}/s1/n{n}" for n in range(n_nodules)]),
+        patient_id=np.array([f"LIDC-IDRI-{p:04d}" for p in patient]),
+        scan_id=patient.astype(np.int64),
+        spacing_mm=np.ones((n_nodules, 3)),
+        bbox=np.zeros((n_nodules, 6), dtype=np.int64),
+        slice_index=np.arange(offsets[-1], dtype=np.int64),
+        attrs={"source": "synthetic"},
+    )

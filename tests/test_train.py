@@ -1,0 +1,226 @@
+"""Training: loss, augmentation, batching, learning, checkpoint resumption, evaluation, stage scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from synthetic_nodules import make_dataset
+
+from nodule_net.attributes import ATTRIBUTES
+from nodule_net.data import augment, iterate_batches, normalisation_stats, targets_for
+from nodule_net.evaluate import evaluate_folds
+from nodule_net.model import ModelConfig, ModelOutput, NoduleNet
+from nodule_net.split import fold_indices, kfold_split
+from nodule_net.store import write_dataset
+from nodule_net.train import TrainConfig, fit, loss_fn, model_path, predict, save_model
+
+REPO = Path(__file__).resolve().parents[1]
+ATTRIBUTE_KEYS = (*ATTRIBUTES, "mean")
+# A narrow network keeps these tests to seconds; the architecture is the paper's, only thinner.
+TINY = dict(widths=(4, 8), convs_per_stage=(1, 1), sam_hidden=8, caam_hidden=8, head_hidden=16)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_parts(n_nodules: int = 10) -> tuple:
+    data = make_dataset(n_nodules=n_nodules, size=16, max_depth=4, seed=0)
+    parts = {"train": np.arange(0, n_nodules - 3), "val": np.arange(n_nodules - 3, n_nodules)}
+    return data, parts
+
+
+def test_loss_is_summed_squared_error_with_lambda_on_the_auxiliary_part() -> None:
+    targets = torch.tensor([[0.5, 1.0], [0.0, 0.25]])
+    out = ModelOutput(torch.tensor([[0.5, 0.5], [0.5, 0.25]]), torch.tensor([[1.0, 1.0], [0.0, 0.0]]), None, None)
+    # final: 0 + 0.25 + 0.25 + 0 = 0.5; aux: 0.25 + 0 + 0 + 0.0625 = 0.3125
+    assert loss_fn(out, targets, 0.1).item() == pytest.approx(0.5 + 0.1 * 0.3125)
+    assert loss_fn(out._replace(aux_scores=None), targets, 0.1).item() == pytest.approx(0.5)
+
+
+def test_augment_applies_one_transform_to_every_slice_and_reaches_all_16() -> None:
+    base = np.arange(16, dtype=np.float32).reshape(4, 4)
+    volume = np.stack([base * (k + 1) for k in range(3)])  # slice k = (k+1)·base
+    outcomes = set()
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        out = augment(volume, rng)
+        scales = [out[k].max() / base.max() for k in range(3)]
+        assert scales in ([1, 2, 3], [3, 2, 1])  # z kept or reversed, nothing else
+        plane = out[int(np.argmin(scales))]
+        assert all(np.array_equal(out[k], plane * scales[k]) for k in range(3))  # same in-plane transform
+        outcomes.add((tuple(scales), plane.tobytes()))
+    assert len(outcomes) == 16  # 8 flips/rotations × z kept/reversed
+
+
+def test_batches_cover_each_nodule_once_normalised_and_packed() -> None:
+    data, _ = tiny_parts()
+    targets = targets_for(data, None)
+    mean, std = normalisation_stats(data, range(len(data)))
+    batches = list(iterate_batches(data, range(len(data)), targets, mean, std, 3, np.random.default_rng(0)))
+    assert sorted(np.concatenate([b.index for b in batches]).tolist()) == list(range(len(data)))
+    assert [len(b.index) for b in batches] == [3, 3, 3, 1]
+    images = torch.cat([b.images for b in batches])
+    assert images.mean().item() == pytest.approx(0.0, abs=1e-4) and images.std().item() == pytest.approx(1.0, rel=1e-3)
+    first = batches[0]
+    assert first.segment_ids.tolist() == np.repeat(np.arange(3), data.n_slices[first.index]).tolist()
+    np.testing.assert_allclose(first.targets.numpy(), targets[first.index])
+
+
+def test_single_attribute_targets() -> None:
+    data, _ = tiny_parts()
+    np.testing.assert_allclose(targets_for(data, "calcification")[:, 0], (data.ratings[:, 2] - 1) / 5, rtol=1e-6)
+
+
+def test_packed_prediction_equals_one_by_one() -> None:
+    data, _ = tiny_parts()
+    torch.manual_seed(0)
+    model = NoduleNet(ModelConfig(variant="full", **TINY))
+    index = np.arange(len(data))
+    one = predict(model, data, index, 0.0, 100.0, 1, torch.device("cpu"))
+    packed = predict(model, data, index, 0.0, 100.0, 4, torch.device("cpu"))
+    torch.testing.assert_close(torch.from_numpy(packed.scores), torch.from_numpy(one.scores))
+    torch.testing.assert_close(torch.from_numpy(packed.caam_weights), torch.from_numpy(one.caam_weights))
+    for a, b in zip(packed.slice_weights, one.slice_weights):
+        torch.testing.assert_close(torch.from_numpy(a), torch.from_numpy(b))
+
+
+def test_a_few_steps_lower_the_loss() -> None:
+    data, parts = tiny_parts()
+    torch.manual_seed(0)
+    model = NoduleNet(ModelConfig(variant="full", **TINY))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mean, std = normalisation_stats(data, parts["train"])
+    batch = next(iterate_batches(data, parts["train"], targets_for(data, None), mean, std, len(parts["train"])))
+    losses = []
+    for _ in range(30):
+        loss = loss_fn(model(batch.images, batch.segment_ids), batch.targets, 0.1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def run_fit(data, parts, checkpoint, lambda_aux: float = 0.1, epochs: int = 3, stop_after: int | None = None):
+    seen = []
+
+    def on_epoch(record) -> None:
+        seen.append(record.epoch)
+        if stop_after is not None and record.epoch == stop_after:
+            raise KeyboardInterrupt  # a user's Ctrl-C right after the epoch's checkpoint
+
+    config = TrainConfig(epochs=epochs, lambda_aux=lambda_aux, batch_nodules=2, seed=0)
+    result = fit(data, parts, ModelConfig(variant="full", **TINY), config, 0, checkpoint, on_epoch, progress=False)
+    return result, seen
+
+
+def assert_same_result(a, b) -> None:
+    assert a.history == b.history and a.best_epoch == b.best_epoch
+    for k in a.model_state:
+        torch.testing.assert_close(a.model_state[k], b.model_state[k], rtol=0, atol=0)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path) -> None:
+    data, parts = tiny_parts()
+    straight, _ = run_fit(data, parts, tmp_path / "a.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(data, parts, tmp_path / "b.pt", stop_after=2)
+    saved = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert saved["epoch"] == 2 and set(saved) >= {"model", "optimizer", "torch_rng", "best_model", "best_val_mae"}
+    resumed, seen = run_fit(data, parts, tmp_path / "b.pt")
+    assert seen == [1, 2, 3]  # epochs 1–2 replayed to the logger from the checkpoint, 3 trained
+    assert_same_result(resumed, straight)
+    assert len(straight.history) == 3
+    assert straight.best_val_mae == min(r.val_mae for r in straight.history)
+
+
+def test_checkpoint_of_other_params_is_not_resumed(tmp_path) -> None:
+    data, parts = tiny_parts()
+    run_fit(data, parts, tmp_path / "c.pt", lambda_aux=0.1, epochs=2)
+    changed, _ = run_fit(data, parts, tmp_path / "c.pt", lambda_aux=0.5, epochs=2)
+    fresh, _ = run_fit(data, parts, None, lambda_aux=0.5, epochs=2)
+    assert_same_result(changed, fresh)
+
+
+def test_cross_validation_end_to_end(tmp_path) -> None:
+    data = make_dataset(n_nodules=12, size=16, max_depth=3, seed=1)
+    splits = kfold_split(data.nodule_id, data.patient_id, n_folds=2, seed=0, val_fraction=0.2)
+    config = TrainConfig(epochs=1, batch_nodules=4)
+    for fold in range(2):
+        parts = fold_indices(splits, fold, data.nodule_id)
+        model_config = ModelConfig(variant="full", **TINY)
+        save_model(model_path(tmp_path, fold), fit(data, parts, model_config, config, fold, progress=False),
+                   model_config, fold)
+    metrics, predictions = evaluate_folds(data, splits, {k: model_path(tmp_path, k) for k in range(2)},
+                                          torch.device("cpu"))
+    assert set(metrics) == {"mae", "aux_mae", "baseline_mae", "folds"}
+    assert set(metrics["mae"]) == set(ATTRIBUTE_KEYS)
+    n = [metrics["folds"][k]["n_test"] for k in ("0", "1")]
+    pooled = (n[0] * metrics["folds"]["0"]["mae"]["mean"] + n[1] * metrics["folds"]["1"]["mae"]["mean"]) / sum(n)
+    assert metrics["mae"]["mean"] == pytest.approx(pooled)
+    assert sorted(predictions["nodule_id"]) == sorted(data.nodule_id)
+    errors = (predictions[[f"pred_{a}" for a in ATTRIBUTE_KEYS[:-1]]].to_numpy()
+              - predictions[[f"true_{a}" for a in ATTRIBUTE_KEYS[:-1]]].to_numpy())
+    assert np.abs(errors).mean() == pytest.approx(metrics["mae"]["mean"])
+    for weights, depth in zip(predictions["sam_weights"], predictions["n_slices"]):
+        values = [float(w) for w in weights.split(";")]
+        assert len(values) == depth and sum(values) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_stage_scripts_run_split_train_evaluate(tmp_path) -> None:
+    """The three pipeline scripts on a tiny dataset, as dvc.yaml calls them."""
+    write_dataset(tmp_path / "nodules.h5", make_dataset(n_nodules=10, size=16, max_depth=2, seed=2))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["folds"] = [0, 1]
+    params["split"]["val_fraction"] = 0.2
+    params["train"] |= {"epochs": 2, "batch_nodules": 4, "device": "cpu"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def run(script: str, *args: str) -> None:
+        cmd = [sys.executable, str(REPO / "pipeline" / script), *args, "--params", str(tmp_path / "params.yaml")]
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, text=True, env=env)
+
+    run("split.py", "--dataset", "nodules.h5", "--out", "splits.json")
+    for fold in ("0", "1"):
+        run("train.py", "--dataset", "nodules.h5", "--splits", "splits.json", "--fold", fold, "--models", "models",
+            "--checkpoint", f"ckpt/fold{fold}.pt", "--live", f"live/fold{fold}")
+    run("evaluate.py", "--dataset", "nodules.h5", "--splits", "splits.json", "--models", "models",
+        "--metrics", "mae.json", "--predictions", "predictions.csv")
+    metrics = json.loads((tmp_path / "mae.json").read_text())
+    assert set(metrics["folds"]) == {"0", "1"} and 0 < metrics["mae"]["mean"] < 5
+    assert len(pd.read_csv(tmp_path / "predictions.csv")) == 10
+    curve = pd.read_csv(tmp_path / "live/fold0/plots/metrics/val_mae.tsv", sep="\t")
+    assert curve["step"].tolist() == [1, 2]
+    summary = json.loads((tmp_path / "live/fold0/metrics.json").read_text())
+    assert summary["best_epoch"] in (1, 2)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"epochs": 0}, "train.epochs"), ({"batch_nodules": 0}, "batch_nodules"),
+                                               ({"lambda_aux": -1.0}, "lambda")])
+def test_train_config_rejects_bad_values(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_gpu_matches_cpu_closely() -> None:
+    data, parts = tiny_parts()
+    cpu = fit(data, parts, ModelConfig(variant="full", **TINY), TrainConfig(epochs=1, device="cpu"), progress=False)
+    gpu = fit(data, parts, ModelConfig(variant="full", **TINY), TrainConfig(epochs=1, device="cuda"), progress=False)
+    for k in cpu.model_state:
+        torch.testing.assert_close(gpu.model_state[k].cpu(), cpu.model_state[k], rtol=1e-3, atol=1e-4)
