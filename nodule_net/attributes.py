@@ -7,6 +7,8 @@ for training and de-normalised back to the original scale for MAE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 # Order is the paper's table order (Sub, IS, Cal, Sph, Mar, Lob, Spi, Tex, Mal).
@@ -51,6 +53,10 @@ def normalise(ratings: np.ndarray) -> np.ndarray:
     return (np.asarray(ratings, dtype=np.float64) - RATING_MIN) / (RATING_MAX - RATING_MIN)
 
 
-def denormalise(scores: np.ndarray) -> np.ndarray:
-    """Map [0, 1] scores back to the original rating scales. ``scores``: (..., 9)."""
-    return np.asarray(scores, dtype=np.float64) * (RATING_MAX - RATING_MIN) + RATING_MIN
+def denormalise(scores: np.ndarray, attributes: Sequence[str] = ATTRIBUTES) -> np.ndarray:
+    """Map [0, 1] scores back to the original rating scales.
+
+    ``scores``: (..., K), one column per name in ``attributes`` (default: all 9).
+    """
+    cols = [attribute_index(a) for a in attributes]
+    return np.asarray(scores, dtype=np.float64) * (RATING_MAX[cols] - RATING_MIN[cols]) + RATING_MIN[cols]

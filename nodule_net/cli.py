@@ -1,6 +1,7 @@
 """The `nodule-net` command: tools outside the DVC pipeline.
 
     nodule-net lidc-stats [--json] [--scans first|all] [--workers N] [--patients ID ...]
+    nodule-net mae-table [metrics/mae.json]
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nodule_net.lidc import resolve_patients, scan_nodules, scans_for_patients
+from nodule_net.metrics import format_mae_table
 from nodule_net.params import user_errors_exit
 from nodule_net.stats import PAPER, format_comparison, summarise
 
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="scans per patient: 'first' (as extract's default) or 'all'")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     p.add_argument("--patients", nargs="+", metavar="ID", help="only these patients (default: all 875)")
+    t = sub.add_parser("mae-table", help="the evaluate stage's MAE (final, auxiliary, baseline) as a table")
+    t.add_argument("path", nargs="?", default="metrics/mae.json", help="default: metrics/mae.json")
     args = parser.parse_args(argv)
     if args.command == "lidc-stats":
         stats = lidc_stats(args.scans, args.workers, progress=not args.json, patients=args.patients)
@@ -72,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(format_comparison(stats))
             print(f"\nclusters of more than 4 annotations (kept): {stats['clusters_over_4_annotations']}")
+    elif args.command == "mae-table":
+        with open(args.path) as f:
+            print(format_mae_table(json.load(f)))
 
 
 if __name__ == "__main__":

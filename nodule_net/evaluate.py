@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nodule_net.attributes import attribute_index
-from nodule_net.metrics import denormalise_columns, mae_report, train_mean_predictor
+from nodule_net.attributes import attribute_index, denormalise
+from nodule_net.metrics import mae_report, train_mean_predictor
 from nodule_net.split import fold_indices
 from nodule_net.store import NoduleDataset
 from nodule_net.train import Predictions, load_model, predict
@@ -54,11 +54,11 @@ def evaluate_folds(
         out = predict(model, data, parts["test"], mean, std, batch_nodules, device)
         truth = _truth(data, attributes)
         test_truth = truth[parts["test"]]
-        final = denormalise_columns(out.scores, attributes)
+        final = denormalise(out.scores, attributes)
         baseline = train_mean_predictor(truth[np.concatenate([parts["train"], parts["val"]])], len(test_truth))
         metrics = {"mae": mae_report(final, test_truth, attributes)}
         if out.aux_scores is not None:
-            aux = denormalise_columns(out.aux_scores, attributes)
+            aux = denormalise(out.aux_scores, attributes)
             metrics["aux_mae"] = mae_report(aux, test_truth, attributes)
             pooled["aux"].append(aux)
         metrics["baseline_mae"] = mae_report(baseline, test_truth, attributes)
@@ -86,7 +86,7 @@ def _prediction_rows(data: NoduleDataset, index: np.ndarray, fold: int, attribut
     table |= {f"true_{a}": truth[:, i] for i, a in enumerate(attributes)}
     table |= {f"pred_{a}": final[:, i] for i, a in enumerate(attributes)}
     if out.aux_scores is not None:
-        aux = denormalise_columns(out.aux_scores, attributes)
+        aux = denormalise(out.aux_scores, attributes)
         table |= {f"aux_{a}": aux[:, i] for i, a in enumerate(attributes)}
     table["sam_weights"] = (
         [WEIGHT_SEPARATOR.join(f"{w:.6g}" for w in weights) for weights in out.slice_weights]

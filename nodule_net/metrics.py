@@ -1,7 +1,7 @@
 """Mean absolute error on the original rating scales (paper §3.3, eq. 9).
 
-Pure numpy; predictions arrive normalised to [0, 1] from the model and are
-de-normalised here with :func:`nodule_net.attributes.denormalise`.
+Pure numpy; callers de-normalise the model's [0, 1] scores first with
+:func:`nodule_net.attributes.denormalise`.
 """
 
 from __future__ import annotations
@@ -10,13 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nodule_net.attributes import ATTRIBUTES, RATING_MAX, RATING_MIN, attribute_index
-
-
-def denormalise_columns(scores: np.ndarray, attributes: Sequence[str]) -> np.ndarray:
-    """Map [0, 1] scores (N, K) of the named attributes back to their rating scales."""
-    cols = [attribute_index(a) for a in attributes]
-    return np.asarray(scores, dtype=np.float64) * (RATING_MAX[cols] - RATING_MIN[cols]) + RATING_MIN[cols]
+from nodule_net.attributes import ABBREVIATIONS, ATTRIBUTES, attribute_index
 
 
 def mae_per_attribute(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -40,3 +34,22 @@ def mae_report(predicted: np.ndarray, truth: np.ndarray, attributes: Sequence[st
 def train_mean_predictor(train_truth: np.ndarray, n_test: int) -> np.ndarray:
     """The baseline: predict the training set's mean rating for every test nodule → (n_test, K)."""
     return np.repeat(np.asarray(train_truth, dtype=np.float64).mean(axis=0, keepdims=True), n_test, axis=0)
+
+
+# Rows of `format_mae_table`, in the order a reader compares them.
+MAE_ROWS = (("mae", "final"), ("aux_mae", "auxiliary (ASCMM)"), ("baseline_mae", "train-mean baseline"))
+
+
+def format_mae_table(metrics: dict) -> str:
+    """``metrics/mae.json`` (pooled numbers) as a Markdown table in the paper's column order."""
+    present = [key for key, _ in MAE_ROWS if key in metrics]
+    if not present:
+        raise ValueError("Not an MAE metrics file: it has none of " + ", ".join(k for k, _ in MAE_ROWS) + ".")
+    columns = [a for a in ATTRIBUTES if a in metrics[present[0]]]
+    header = [ABBREVIATIONS[attribute_index(a)] for a in columns] + ["Mean"]
+    lines = ["| predictions | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for key, label in MAE_ROWS:
+        if key in metrics:
+            values = [metrics[key][a] for a in columns] + [metrics[key]["mean"]]
+            lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    return "\n".join(lines)

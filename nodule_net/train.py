@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nodule_net.attributes import denormalise
 from nodule_net.data import Batch, iterate_batches, normalisation_stats, targets_for
-from nodule_net.metrics import denormalise_columns, mae_report
+from nodule_net.metrics import mae_report
 from nodule_net.model import ModelConfig, ModelOutput, NoduleNet
 from nodule_net.store import NoduleDataset
 
@@ -161,7 +162,7 @@ def predict(
 
 def validation_mae(predicted: np.ndarray, targets: np.ndarray, attributes: tuple[str, ...]) -> float:
     """Mean over attributes of the MAE on the original rating scales."""
-    return mae_report(denormalise_columns(predicted, attributes), denormalise_columns(targets, attributes), attributes)[
+    return mae_report(denormalise(predicted, attributes), denormalise(targets, attributes), attributes)[
         "mean"
     ]
 

@@ -1,8 +1,9 @@
-"""Shared fixtures: a tiny phantom (2 LIDC patients, 5 nodules) built once per test session."""
+"""Shared fixtures: a tiny phantom (2 LIDC patients, 5 nodules) built once per session; one torch thread."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from nodule_net.extract import ExtractConfig, extract
 from nodule_net.lidc import scans_for_patients
@@ -29,3 +30,12 @@ def tiny_scans():
 def tiny_extracted(tiny_phantom, tiny_scans):
     """(dataset, stats) extracted from the tiny phantom."""
     return extract(tiny_phantom, tiny_scans, ExtractConfig(), source="phantom", workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -36,3 +36,22 @@ def test_scans_all_counts_second_scans():
     every = lidc_stats("all", workers=1, progress=False, patients=["LIDC-IDRI-0132"])
     assert first["scans"] == 1 and every["scans"] == 2
     assert every["nodules"] > first["nodules"]
+
+
+def test_mae_table_prints_pooled_rows(tmp_path, capsys):
+    from nodule_net.attributes import ATTRIBUTES
+    from nodule_net.cli import main
+
+    report = {a: 0.5 for a in ATTRIBUTES} | {"malignancy": 0.25, "mean": 0.4722}
+    path = tmp_path / "mae.json"
+    path.write_text(json.dumps({"mae": report, "baseline_mae": report | {"mean": 0.9}, "folds": {}}))
+    main(["mae-table", str(path)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| predictions | Sub | IS | Cal")
+    assert lines[2] == "| final | " + " | ".join(["0.500"] * 8 + ["0.250", "0.472"]) + " |"
+    assert lines[3].startswith("| train-mean baseline |") and lines[3].endswith("| 0.900 |")
+    assert len(lines) == 4  # no auxiliary row without aux_mae
+    path.write_text(json.dumps({"nodules": 3}))
+    with pytest.raises(SystemExit):
+        main(["mae-table", str(path)])
+    assert "Not an MAE metrics file" in capsys.readouterr().err

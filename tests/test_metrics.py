@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nodule_net.attributes import ATTRIBUTES
-from nodule_net.metrics import denormalise_columns, mae_per_attribute, mae_report, train_mean_predictor
+from nodule_net.attributes import ATTRIBUTES, denormalise
+from nodule_net.metrics import mae_per_attribute, mae_report, train_mean_predictor
 
 
 def test_denormalise_columns_uses_each_attributes_range() -> None:
@@ -14,7 +14,7 @@ def test_denormalise_columns_uses_each_attributes_range() -> None:
     scores = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]])
     expected = np.array([[1.0, 1.0, 1.0], [2.5, 3.5, 3.0], [4.0, 6.0, 5.0]])
     np.testing.assert_allclose(
-        denormalise_columns(scores, ("internal_structure", "calcification", "malignancy")), expected
+        denormalise(scores, ("internal_structure", "calcification", "malignancy")), expected
     )
 
 
@@ -30,7 +30,7 @@ def test_mae_by_hand() -> None:
 def test_mae_report_of_normalised_predictions_after_denormalising() -> None:
     truth = np.tile([3.0, 2.0, 4.0, 3.0, 3.0, 2.0, 1.0, 5.0, 3.0], (2, 1))
     scores = np.full((2, 9), 0.5)  # → midpoints 3, 2.5, 3.5, 3, 3, 3, 3, 3, 3
-    report = mae_report(denormalise_columns(scores, ATTRIBUTES), truth)
+    report = mae_report(denormalise(scores, ATTRIBUTES), truth)
     expected = [0.0, 0.5, 0.5, 0.0, 0.0, 1.0, 2.0, 2.0, 0.0]
     assert [report[a] for a in ATTRIBUTES] == pytest.approx(expected)
     assert report["mean"] == pytest.approx(6.0 / 9)

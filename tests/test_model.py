@@ -19,13 +19,7 @@ VARIANTS_2D = tuple(v for v in VARIANTS if v != "3d")
 # Heavy full-size forwards only on a few depths: 1 slice, 2, a typical 7, LIDC's deepest 45.
 DEPTHS = [1, 2, 7, 45]
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def packed(depths: list[int], size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

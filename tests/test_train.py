@@ -28,13 +28,7 @@ ATTRIBUTE_KEYS = (*ATTRIBUTES, "mean")
 # A narrow network keeps these tests to seconds; the architecture is the paper's, only thinner.
 TINY = dict(widths=(4, 8), convs_per_stage=(1, 1), sam_hidden=8, caam_hidden=8, head_hidden=16)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_parts(n_nodules: int = 10) -> tuple:
