@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from nodule_net.params import load_params, user_errors_exit
 from nodule_net.split import kfold_split, write_splits
 from nodule_net.store import read_dataset

