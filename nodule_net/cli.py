@@ -13,6 +13,7 @@ from multiprocessing import get_context
 import numpy as np
 from tqdm import tqdm
 
+from nodule_net.extract import pad_reader_ratings
 from nodule_net.lidc import resolve_patients, scan_nodules, scans_for_patients
 from nodule_net.metrics import format_mae_table
 from nodule_net.params import user_errors_exit
@@ -40,10 +41,7 @@ def lidc_stats(scans_per_patient: str = "first", workers: int = 2, progress: boo
     else:
         per_scan = [_annotation_facts(s) for s in tqdm(scan_ids, **bar)]
     facts = [f for scan in per_scan for f in scan]
-    slots = max(4, max(len(f[5]) for f in facts))
-    reader_ratings = np.full((len(facts), slots, 9), np.nan)
-    for n, f in enumerate(facts):
-        reader_ratings[n, : len(f[5])] = f[5]
+    reader_ratings = pad_reader_ratings([f[5] for f in facts])
     stats = summarise(
         n_slices=np.array([f[2] for f in facts]),
         box_hw=np.array([(f[3], f[4]) for f in facts]),

@@ -87,13 +87,22 @@ def _extract_job(args: tuple[ScanInfo, Path, ExtractConfig]) -> ScanResult:
     return extract_scan(*args)
 
 
+def pad_reader_ratings(per_nodule: list[np.ndarray]) -> np.ndarray:
+    """Stack per-nodule (R_n, 9) reader ratings into (N, R, 9), ``READER_FILL`` where absent.
+
+    R is at least 4 (LIDC's readers) and holds the largest cluster.
+    """
+    slots = max(MIN_READERS_SLOTS, max(len(r) for r in per_nodule))
+    padded = np.full((len(per_nodule), slots, per_nodule[0].shape[1]), READER_FILL)
+    for n, ratings in enumerate(per_nodule):
+        padded[n, : len(ratings)] = ratings
+    return padded
+
+
 def assemble(records: list[NoduleRecord], attrs: dict) -> NoduleDataset:
     """Concatenate per-nodule records into the ragged dataset (readers padded with NaN)."""
     n_readers = np.array([len(r.reader_ratings) for r in records], dtype=np.int64)
-    slots = max(MIN_READERS_SLOTS, int(n_readers.max()))
-    reader_ratings = np.full((len(records), slots, 9), READER_FILL)
-    for n, r in enumerate(records):
-        reader_ratings[n, : len(r.reader_ratings)] = r.reader_ratings
+    reader_ratings = pad_reader_ratings([r.reader_ratings for r in records])
     lengths = np.array([len(r.images) for r in records], dtype=np.int64)
     return NoduleDataset(
         images=np.concatenate([r.images for r in records]).astype(np.float32),

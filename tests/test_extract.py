@@ -169,3 +169,13 @@ def test_stage_script_reports_user_errors_in_one_line(tmp_path):
     assert out.stderr.strip().splitlines() == [
         "error: data.source is lidc but data.lidc_root is not set; run with -S data.lidc_root=/path/to/LIDC-IDRI."]
     assert not (tmp_path / "n.h5").exists()
+
+
+def test_pad_reader_ratings_fills_absent_readers():
+    from nodule_net.extract import pad_reader_ratings
+
+    small = pad_reader_ratings([np.full((1, 9), 3.0), np.full((2, 9), 4.0)])
+    assert small.shape == (2, 4, 9)  # LIDC's four reader slots at least
+    assert (small[0, 0] == 3).all() and np.isnan(small[0, 1:]).all()
+    assert (small[1, :2] == 4).all() and np.isnan(small[1, 2:]).all()
+    assert pad_reader_ratings([np.ones((6, 9))]).shape == (1, 6, 9)  # a cluster of 6 annotations
