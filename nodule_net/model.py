@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from nodule_net.attributes import ATTRIBUTES, N_ATTRIBUTES, attribute_index
+from nodule_net.attributes import ATTRIBUTES, attribute_index
 
 VARIANTS: tuple[str, ...] = ("none", "sam", "caam", "caam_ascmm", "full", "3d")
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
+
+from nodule_net.files import write_text_atomic
 
 # Distinct stream ids so the split and training never draw the same random numbers from `seed`.
 SPLIT_STREAM = 1
@@ -97,10 +98,7 @@ def kfold_split(
 
 
 def write_splits(path: str | os.PathLike, splits: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(splits, f, indent=1)
+    write_text_atomic(path, json.dumps(splits, indent=1))
 
 
 def read_splits(path: str | os.PathLike) -> dict:

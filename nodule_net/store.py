@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from nodule_net.attributes import ATTRIBUTES
+from nodule_net.files import atomic_path
 
 SCHEMA_VERSION = 1
 READER_FILL = np.nan  # reader_ratings value for "this reader did not rate this nodule"
@@ -79,27 +80,19 @@ _ARRAY_FIELDS = (
 
 def write_dataset(path: str | os.PathLike, data: NoduleDataset) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name in _ARRAY_FIELDS:
-                arr = np.asarray(getattr(data, name))
-                # Chunk the big one per nodule-ish block; the rest are small.
-                kwargs = {"chunks": (min(256, max(1, len(arr))), *arr.shape[1:])} if name == "images" and len(arr) else {}
-                f.create_dataset(name, data=arr, **kwargs)
-            str_dt = h5py.string_dtype()
-            for name in _STRING_FIELDS:
-                f.create_dataset(name, data=np.asarray(getattr(data, name), dtype=object), dtype=str_dt)
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["attributes"] = json.dumps(list(ATTRIBUTES))
-            for key, value in data.attrs.items():
-                f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name in _ARRAY_FIELDS:
+            arr = np.asarray(getattr(data, name))
+            # Chunk the big one in blocks of slices; the rest are small.
+            kwargs = {"chunks": (min(256, max(1, len(arr))), *arr.shape[1:])} if name == "images" and len(arr) else {}
+            f.create_dataset(name, data=arr, **kwargs)
+        str_dt = h5py.string_dtype()
+        for name in _STRING_FIELDS:
+            f.create_dataset(name, data=np.asarray(getattr(data, name), dtype=object), dtype=str_dt)
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["attributes"] = json.dumps(list(ATTRIBUTES))
+        for key, value in data.attrs.items():
+            f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
 
 
 def read_dataset(path: str | os.PathLike) -> NoduleDataset:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from nodule_net.attributes import denormalise
 from nodule_net.data import Batch, iterate_batches, normalisation_stats, targets_for
+from nodule_net.files import atomic_path
 from nodule_net.metrics import mae_report
 from nodule_net.model import ModelConfig, ModelOutput, NoduleNet
 from nodule_net.store import NoduleDataset
@@ -187,10 +188,8 @@ def fingerprint(
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill mid-save leaves the previous checkpoint intact
+        torch.save(obj, tmp)
 
 
 def _load_checkpoint(path: Path | None, run_id: str, epochs: int, device: torch.device) -> dict | None:

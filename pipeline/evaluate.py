@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 from nodule_net.evaluate import evaluate_folds
+from nodule_net.files import atomic_path, write_text_atomic
 from nodule_net.params import load_params, user_errors_exit
 from nodule_net.split import read_splits
 from nodule_net.store import read_dataset
@@ -34,11 +34,9 @@ def main() -> None:
     metrics, predictions = evaluate_folds(
         data, read_splits(args.splits), models, resolve_device(str(params["train"]["device"]))
     )
-    for path in (Path(args.metrics), Path(args.predictions)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.metrics, "w") as f:
-        json.dump(metrics, f, indent=2)
-    predictions.to_csv(args.predictions, index=False, float_format="%.6g")
+    with atomic_path(args.predictions) as tmp:
+        predictions.to_csv(tmp, index=False, float_format="%.6g")
+    write_text_atomic(args.metrics, json.dumps(metrics, indent=2) + "\n")
     summary = f"mean MAE {metrics['mae']['mean']:.3f} (train-mean baseline {metrics['baseline_mae']['mean']:.3f}"
     if "aux_mae" in metrics:
         summary += f", auxiliary {metrics['aux_mae']['mean']:.3f}"

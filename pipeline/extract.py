@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from nodule_net.extract import ExtractConfig, extract
+from nodule_net.files import write_text_atomic
 from nodule_net.lidc import scans_for_patients
 from nodule_net.params import load_params, user_errors_exit
 from nodule_net.phantom import read_manifest
@@ -35,8 +36,7 @@ def main() -> None:
     config = ExtractConfig(clevel=e["clevel"], extent_fraction=e["extent_fraction"], size=e["size"])
     dataset, stats = extract(root, scans, config, source=data["source"], workers=e["workers"])
     write_dataset(args.out, dataset)
-    Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.stats).write_text(json.dumps(stats, indent=2) + "\n")
+    write_text_atomic(args.stats, json.dumps(stats, indent=2) + "\n")
     print(f"extract: {stats['nodules']} nodules, {stats['slices_total']} slices, "
           f"{stats['skipped']['nodules']} nodules skipped -> {args.out}")
 

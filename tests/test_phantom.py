@@ -4,9 +4,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from nodule_net import phantom
 from nodule_net.dicom import find_series_dir, index_series, read_hu
-from nodule_net.lidc import import_pylidc, scan_nodules, scans_for_patients
+from nodule_net.lidc import import_pylidc, scan_nodules
 from nodule_net.phantom import (
     LUNG_HU, build_phantom, calcification_mask, nodule_density, read_manifest, render_slice, slices_to_write,
 )
