@@ -168,17 +168,31 @@ def validation_mae(predicted: np.ndarray, targets: np.ndarray, attributes: tuple
     ]
 
 
+# Modules whose code defines what training produces. DVC re-runs `train` when they change;
+# a checkpoint written by other code must then not be resumed.
+TRAINING_CODE = ("attributes.py", "data.py", "metrics.py", "model.py", "train.py")
+
+
+def training_code_digest(package_dir: Path = Path(__file__).parent) -> str:
+    """SHA-256 of the training code (``TRAINING_CODE`` in ``package_dir``)."""
+    h = hashlib.sha256()
+    for name in TRAINING_CODE:
+        h.update((package_dir / name).read_bytes())
+    return h.hexdigest()
+
+
 def fingerprint(
     data: NoduleDataset, parts: dict[str, np.ndarray], model_config: ModelConfig, train_config: TrainConfig, fold: int
 ) -> str:
     """Identity of a training run, minus ``epochs`` and ``device``.
 
-    A checkpoint is resumed only if this matches, so changed params, folds or data
-    start afresh; leaving out ``epochs`` lets ``-S train.epochs=N`` extend a finished
-    run (same numbers as training N epochs in one go).
+    A checkpoint is resumed only if this matches, so changed params, folds, data or
+    training code start afresh; leaving out ``epochs`` lets ``-S train.epochs=N`` extend a
+    finished run (same numbers as training N epochs in one go).
     """
     settings = {k: v for k, v in asdict(train_config).items() if k not in ("epochs", "device")}
     h = hashlib.sha256(json.dumps([asdict(model_config), settings, fold], sort_keys=True, default=list).encode())
+    h.update(training_code_digest().encode())
     for part in ("train", "val"):
         h.update(np.ascontiguousarray(parts[part]).tobytes())
         for n in parts[part]:

@@ -218,3 +218,18 @@ def test_training_on_gpu_matches_cpu_closely() -> None:
     gpu = fit(data, parts, ModelConfig(variant="full", **TINY), TrainConfig(epochs=1, device="cuda"), progress=False)
     for k in cpu.model_state:
         torch.testing.assert_close(gpu.model_state[k].cpu(), cpu.model_state[k], rtol=1e-3, atol=1e-4)
+
+
+def test_changed_training_code_is_not_resumed(tmp_path):
+    """A checkpoint is tied to the code that wrote it (DVC re-runs train when that code changes)."""
+    import shutil
+
+    from nodule_net.train import TRAINING_CODE, training_code_digest
+
+    package = Path(__file__).resolve().parents[1] / "nodule_net"
+    for name in TRAINING_CODE:
+        shutil.copy(package / name, tmp_path / name)
+    assert training_code_digest(tmp_path) == training_code_digest()
+    with open(tmp_path / "model.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert training_code_digest(tmp_path) != training_code_digest()
