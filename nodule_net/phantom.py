@@ -21,6 +21,7 @@ the tree small; pydicom (and so pylidc) reads it like any other transfer syntax.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import dataclass
@@ -51,13 +52,21 @@ _CALCIFICATION = attribute_index("calcification")
 # ---------------------------------------------------------------- pure rendering
 
 
-def background_slice(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Air, an elliptical body and two lungs with noise: (size, size) float32 HU."""
+@functools.cache
+def _anatomy(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(body, lungs) boolean masks (size, size), the same for every slice: computed once."""
     yy, xx = np.mgrid[:size, :size] / size
     body = ((yy - 0.5) / 0.40) ** 2 + ((xx - 0.5) / 0.47) ** 2 < 1
     lungs = (((yy - 0.48) / 0.32) ** 2 + ((xx - 0.31) / 0.17) ** 2 < 1) | (
         ((yy - 0.48) / 0.32) ** 2 + ((xx - 0.69) / 0.17) ** 2 < 1
     )
+    body.flags.writeable = lungs.flags.writeable = False  # shared by every call
+    return body, lungs
+
+
+def background_slice(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Air, an elliptical body and two lungs with noise: (size, size) float32 HU."""
+    body, lungs = _anatomy(size)
     image = np.full((size, size), AIR_HU, dtype=np.float32)
     image[body] = TISSUE_HU
     image[lungs] = LUNG_HU + rng.normal(0, 20, lungs.sum())
