@@ -18,7 +18,7 @@ from nodule_net.attributes import attribute_index, denormalise
 from nodule_net.metrics import mae_report, train_mean_predictor
 from nodule_net.split import fold_indices
 from nodule_net.store import NoduleDataset
-from nodule_net.train import Predictions, load_model, predict
+from nodule_net.inference import Predictions, load_model, predict
 
 WEIGHT_SEPARATOR = ";"
 

@@ -29,15 +29,16 @@ import torch
 from tqdm import tqdm
 
 from nodule_net.attributes import denormalise
+from nodule_net.checkpoint import load_checkpoint, save_checkpoint, save_model as save_model_file
 from nodule_net.data import Batch, iterate_batches, normalisation_stats, targets_for
-from nodule_net.files import atomic_path
+from nodule_net.device import batch_to, resolve_device
+from nodule_net.inference import predict
 from nodule_net.metrics import mae_report
 from nodule_net.model import ModelConfig, ModelOutput, NoduleNet
 from nodule_net.store import NoduleDataset
 
 # Random stream id for training (nodule_net.split uses 1), so `seed` feeds independent streams.
 TRAIN_STREAM = 2
-CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -77,35 +78,12 @@ class FitResult(NamedTuple):
     history: list[EpochRecord]
 
 
-class Predictions(NamedTuple):
-    scores: np.ndarray  # (N, K) normalised final scores
-    aux_scores: np.ndarray | None  # (N, K)
-    slice_weights: list[np.ndarray] | None  # N arrays (M_n,)
-    caam_weights: np.ndarray | None  # (N, K, K)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → the first CUDA GPU if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA GPU is visible; use `auto` or `cpu`.")
-    return device
-
-
 def loss_fn(output: ModelOutput, targets: torch.Tensor, lambda_aux: float) -> torch.Tensor:
     """Eq. 8 with summed squared errors: λ·Σ(aux − y)² + Σ(final − y)²."""
     loss = ((output.scores - targets) ** 2).sum()
     if output.aux_scores is not None:
         loss = loss + lambda_aux * ((output.aux_scores - targets) ** 2).sum()
     return loss
-
-
-def _to(batch: Batch, device: torch.device) -> Batch:
-    return batch._replace(
-        images=batch.images.to(device), segment_ids=batch.segment_ids.to(device), targets=batch.targets.to(device)
-    )
 
 
 def train_epoch(
@@ -119,46 +97,13 @@ def train_epoch(
     model.train()
     total, n = 0.0, 0
     for batch in batches:
-        batch = _to(batch, device)
+        batch = batch_to(batch, device)
         loss = loss_fn(model(batch.images, batch.segment_ids, len(batch.index)), batch.targets, lambda_aux)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total, n = total + loss.item(), n + len(batch.index)
     return total / n
-
-
-@torch.no_grad()
-def predict(
-    model: NoduleNet,
-    data: NoduleDataset,
-    indices: np.ndarray,
-    mean: float,
-    std: float,
-    batch_nodules: int,
-    device: torch.device,
-) -> Predictions:
-    """Scores for the nodules ``indices`` in that order, no augmentation."""
-    model.eval()
-    dummy_targets = np.zeros((len(data), model.config.n_outputs), dtype=np.float32)
-    scores, aux, weights, caam = [], [], [], []
-    for batch in iterate_batches(data, indices, dummy_targets, mean, std, batch_nodules):
-        batch = _to(batch, device)
-        out = model(batch.images, batch.segment_ids, len(batch.index))
-        scores.append(out.scores.cpu().numpy())
-        if out.aux_scores is not None:
-            aux.append(out.aux_scores.cpu().numpy())
-        if out.caam_weights is not None:
-            caam.append(out.caam_weights.cpu().numpy())
-        if out.slice_weights is not None:
-            sizes = torch.bincount(batch.segment_ids, minlength=len(batch.index)).tolist()
-            weights.extend(w.numpy() for w in out.slice_weights.cpu().split(sizes))
-    return Predictions(
-        np.concatenate(scores),
-        np.concatenate(aux) if aux else None,
-        weights or None,
-        np.concatenate(caam) if caam else None,
-    )
 
 
 def validation_mae(predicted: np.ndarray, targets: np.ndarray, attributes: tuple[str, ...]) -> float:
@@ -170,7 +115,9 @@ def validation_mae(predicted: np.ndarray, targets: np.ndarray, attributes: tuple
 
 # Modules whose code defines what training produces. DVC re-runs `train` when they change;
 # a checkpoint written by other code must then not be resumed.
-TRAINING_CODE = ("attributes.py", "data.py", "metrics.py", "model.py", "train.py")
+TRAINING_CODE = (
+    "attributes.py", "checkpoint.py", "data.py", "device.py", "inference.py", "metrics.py", "model.py", "train.py",
+)
 
 
 def training_code_digest(package_dir: Path = Path(__file__).parent) -> str:
@@ -199,25 +146,6 @@ def fingerprint(
             h.update(np.ascontiguousarray(data.slices(int(n))).tobytes())
     h.update(np.ascontiguousarray(data.ratings).tobytes())
     return h.hexdigest()
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:  # a kill mid-save leaves the previous checkpoint intact
-        torch.save(obj, tmp)
-
-
-def _load_checkpoint(path: Path | None, run_id: str, epochs: int, device: torch.device) -> dict | None:
-    """The checkpoint at ``path`` if it belongs to this run and is not past ``epochs``."""
-    if path is None or not path.exists():
-        return None
-    state = torch.load(path, map_location=device, weights_only=True)
-    if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != run_id:
-        tqdm.write(f"{path}: checkpoint from other params or data; starting afresh.")
-        return None
-    if state["epoch"] > epochs:
-        tqdm.write(f"{path}: checkpoint is at epoch {state['epoch']} > train.epochs={epochs}; starting afresh.")
-        return None
-    return state
 
 
 def _torch_seed(seed: int, fold: int) -> int:
@@ -253,7 +181,7 @@ def fit(
     run_id = fingerprint(data, parts, model_config, train_config, fold)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     start, best_state, best_epoch, best_mae, history = 0, None, 0, float("inf"), []
-    if (ckpt := _load_checkpoint(path, run_id, train_config.epochs, device)) is not None:
+    if (ckpt := load_checkpoint(path, run_id, train_config.epochs, device)) is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
@@ -283,8 +211,8 @@ def fit(
             tqdm.write(f"fold {fold} epoch {epoch}: train loss {train_loss:.4f}, val MAE {record.val_mae:.4f}"
                        f" (best {best_mae:.4f} @ {best_epoch})")
         if path is not None:
-            _save_atomic({
-                "version": CHECKPOINT_VERSION, "fingerprint": run_id, "epoch": epoch,
+            save_checkpoint({
+                "fingerprint": run_id, "epoch": epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(), "best_model": best_state, "best_epoch": best_epoch,
                 "best_val_mae": best_mae, "history": [tuple(r) for r in history],
@@ -295,25 +223,6 @@ def fit(
 
 
 def save_model(path: str | os.PathLike, result: FitResult, model_config: ModelConfig, fold: int) -> None:
-    """The selected model plus what inference needs (config, normalisation stats)."""
-    _save_atomic({
-        "model": result.model_state, "model_config": asdict(model_config), "mean": result.mean, "std": result.std,
-        "fold": fold, "best_epoch": result.best_epoch, "best_val_mae": result.best_val_mae,
-    }, Path(path))
-
-
-def load_model(path: str | os.PathLike, device: torch.device) -> tuple[NoduleNet, float, float]:
-    """The model saved by :func:`save_model`, on ``device``, with its normalisation mean and std."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no trained model; run `dvc repro train` first.")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    config = saved["model_config"]
-    config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-    model = NoduleNet(config).to(device)
-    model.load_state_dict(saved["model"])
-    return model, saved["mean"], saved["std"]
-
-
-def model_path(models_dir: str | os.PathLike, fold: int) -> Path:
-    """Where fold ``fold``'s selected model lives; dvc.yaml declares ``<models>/fold<k>`` as its out."""
-    return Path(models_dir) / f"fold{fold}" / "model.pt"
+    """Write the selected model of ``result`` (see :func:`nodule_net.checkpoint.save_model`)."""
+    save_model_file(path, result.model_state, asdict(model_config), result.mean, result.std, fold,
+                    result.best_epoch, result.best_val_mae)

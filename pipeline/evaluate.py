@@ -14,7 +14,8 @@ from nodule_net.files import atomic_path, write_text_atomic
 from nodule_net.params import load_params, user_errors_exit
 from nodule_net.split import read_splits
 from nodule_net.store import read_dataset
-from nodule_net.train import model_path, resolve_device
+from nodule_net.checkpoint import model_path
+from nodule_net.device import resolve_device
 
 
 @user_errors_exit

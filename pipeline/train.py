@@ -14,7 +14,8 @@ from nodule_net.model import ModelConfig
 from nodule_net.params import load_params, user_errors_exit
 from nodule_net.split import fold_indices, read_splits
 from nodule_net.store import read_dataset
-from nodule_net.train import EpochRecord, TrainConfig, fit, model_path, save_model
+from nodule_net.checkpoint import model_path
+from nodule_net.train import EpochRecord, TrainConfig, fit, save_model
 
 
 @user_errors_exit

@@ -21,7 +21,9 @@ from nodule_net.evaluate import evaluate_folds
 from nodule_net.model import ModelConfig, ModelOutput, NoduleNet
 from nodule_net.split import fold_indices, kfold_split
 from nodule_net.store import write_dataset
-from nodule_net.train import TrainConfig, fit, loss_fn, model_path, predict, save_model
+from nodule_net.checkpoint import model_path
+from nodule_net.inference import predict
+from nodule_net.train import TrainConfig, fit, loss_fn, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 ATTRIBUTE_KEYS = (*ATTRIBUTES, "mean")
