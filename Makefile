@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # PyPI's default (CUDA on Linux x86_64). Override with `make TORCH='torch==2.x' ...`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install repro test clean-venv
+.PHONY: install dicom-tools repro test clean-venv
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,17 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(BIN)/.installed
+install: $(BIN)/.installed dicom-tools
+
+# dciodvfy (dicom3tools) and dcmdump (DCMTK) validate the phantom's DICOM files in the
+# tests. Installed with apt-get where we can (root on Debian/Ubuntu); anywhere else, or if
+# apt-get fails, the install goes on and those tests skip, saying why.
+dicom-tools:
+	@if command -v dciodvfy >/dev/null && command -v dcmdump >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null) \
+	    || echo "note: apt-get could not install dicom3tools and dcmtk; the DICOM validation tests will skip."; \
+	else echo "note: dciodvfy or dcmdump missing (Debian packages dicom3tools, dcmtk); the DICOM validation tests will skip."; fi
 
 # The main job: the whole DVC pipeline on the embedded phantom. Stage commands call
 # `python`, so the venv goes first on PATH (as after `source .venv/bin/activate`).

@@ -37,6 +37,10 @@ RATING_MAX: np.ndarray = np.array([5, 4, 6, 5, 5, 5, 5, 5, 5], dtype=np.float64)
 
 N_ATTRIBUTES: int = len(ATTRIBUTES)
 
+# Benign/malignant label rule on the mean malignancy rating (Table 5, and the classifier's
+# training target): below benign, above malignant, exactly this left out.
+MALIGNANCY_CUTOFF: float = 3.0
+
 
 def attribute_index(name: str) -> int:
     """Index of an attribute by its name (``"malignancy"``) or abbreviation (``"Mal"``)."""

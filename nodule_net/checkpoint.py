@@ -7,7 +7,9 @@ leaves the previous file intact.
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -29,12 +31,53 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     save_atomic({"version": CHECKPOINT_VERSION, **state}, path)
 
 
+# What a checkpoint written by save_checkpoint holds (besides "version").
+_CHECKPOINT_KEYS = ("fingerprint", "epoch", "model", "optimizer", "torch_rng", "best_model", "best_epoch",
+                    "best_val_mae", "history")
+
+
+def _torch_load(path: Path, device: torch.device) -> dict:
+    """``torch.load(weights_only=True)`` of a dict; ``ValueError`` with a short reason if it cannot be."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refuses anything but tensors and plain data
+        raise ValueError("it holds pickled objects other than tensors and numbers, which are never loaded") from None
+    # Anything else torch.load raises (RuntimeError from a truncated zip, IndexError or EOFError
+    # from text or a cut-off legacy file, ...) means the same; its message spans many lines.
+    except Exception as err:
+        raise ValueError(f"truncated, damaged or not a torch file: {type(err).__name__}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"it holds a {type(state).__name__}, not a dict")
+    return state
+
+
 def load_checkpoint(path: str | os.PathLike | None, run_id: str, epochs: int, device: torch.device) -> dict | None:
-    """The checkpoint at ``path`` if it belongs to the run ``run_id`` and is not past ``epochs``."""
+    """The checkpoint at ``path`` if it belongs to the run ``run_id`` and is not past ``epochs``.
+
+    An unreadable or foreign file (truncated, not a torch file, a pickle with code, another
+    structure) is moved aside to ``<name>.corrupt`` with one line saying so; like a
+    checkpoint of other params, it means starting afresh.
+    """
     if path is None or not Path(path).exists():
         return None
-    state = torch.load(path, map_location=device, weights_only=True)
-    if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != run_id:
+    path = Path(path)
+    try:
+        state = _torch_load(path, device)
+        if missing := [k for k in _CHECKPOINT_KEYS if k not in state]:
+            raise ValueError(f"it has no {', '.join(missing)}")
+        if not (isinstance(state["fingerprint"], str) and isinstance(state["epoch"], int)
+                and isinstance(state["best_model"], dict)):
+            raise ValueError("its fingerprint, epoch or best model has the wrong type")
+    except ValueError as err:
+        aside = path.with_name(path.name + ".corrupt")
+        try:
+            path.replace(aside)
+            where = f"moved it to {aside}"
+        except OSError as move_err:
+            where = f"could not move it aside ({move_err.strerror}); delete it"
+        tqdm.write(f"{path}: unreadable or foreign checkpoint ({err}); {where} and starting afresh.")
+        return None
+    if state.get("version") != CHECKPOINT_VERSION or state["fingerprint"] != run_id:
         tqdm.write(f"{path}: checkpoint from other params or data; starting afresh.")
         return None
     if state["epoch"] > epochs:
@@ -48,9 +91,16 @@ def model_path(models_dir: str | os.PathLike, fold: int) -> Path:
     return Path(models_dir) / f"fold{fold}" / "model.pt"
 
 
-def save_model(path: str | os.PathLike, model_state: dict, model_config: dict, mean: float, std: float,
+def save_model(path: str | os.PathLike, model_state: dict | None, model_config: dict, mean: float, std: float,
                fold: int, best_epoch: int, best_val_mae: float) -> None:
-    """The selected model plus what inference needs (config, normalisation stats)."""
+    """The selected model plus what inference needs (config, normalisation stats).
+
+    Refuses (``ValueError``) a model without a selected epoch: no weights, or no finite
+    validation MAE — a file that would look like a trained model but is not one.
+    """
+    if not model_state or best_epoch < 1 or not math.isfinite(best_val_mae):
+        raise ValueError(f"{path} not written: fold {fold} has no selected epoch (best epoch {best_epoch}, "
+                         f"best validation MAE {best_val_mae}); see the training log above.")
     save_atomic({
         "model": model_state, "model_config": model_config, "mean": mean, "std": std,
         "fold": fold, "best_epoch": best_epoch, "best_val_mae": best_val_mae,
@@ -58,7 +108,18 @@ def save_model(path: str | os.PathLike, model_state: dict, model_config: dict, m
 
 
 def read_model_file(path: str | os.PathLike, device: torch.device) -> dict:
-    """The dict written by :func:`save_model`, tensors on ``device``."""
-    if not Path(path).exists():
+    """The dict written by :func:`save_model`, tensors on ``device``.
+
+    Raises ``FileNotFoundError`` if it is missing and ``ValueError`` (one line naming the
+    file) if it is unreadable or not a model file.
+    """
+    path = Path(path)
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no trained model; run `dvc repro train` first.")
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        saved = _torch_load(path, device)
+        if missing := [k for k in ("model", "model_config", "mean", "std") if k not in saved]:
+            raise ValueError(f"it has no {', '.join(missing)}")
+    except ValueError as err:
+        raise ValueError(f"{path}: unreadable model file ({err}); delete it and re-run `dvc repro train`.") from None
+    return saved

@@ -2,13 +2,18 @@
 
     nodule-net lidc-stats [--json] [--scans first|all] [--workers N] [--patients ID ...]
     nodule-net mae-table [metrics/mae.json]
+    nodule-net bench [--device auto|cpu|cuda|cuda:N] [--json] [--quick] [--threads N]
+    nodule-net grid [--dry-run] [-S key=value ...]
+    nodule-net report [--out report] [--exp NAME ...] [--all]
+    nodule-net predict SERIES_DIR (--centre-mm X Y Z | --centre-voxel I J K) --diameter-mm D [--models DIR] [--json]
+    nodule-net predict SERIES_DIR --box I0 I1 J0 J1 K0 K1 [--slices K ...] [--models DIR] [--json]
+    nodule-net predict --dataset data/nodules.h5 --nodule-id ID [--models DIR] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from multiprocessing import get_context
 
 import numpy as np
 from tqdm import tqdm
@@ -18,6 +23,7 @@ from nodule_net.lidc import resolve_patients, scan_nodules, scans_for_patients
 from nodule_net.metrics import format_mae_table
 from nodule_net.params import user_errors_exit
 from nodule_net.stats import PAPER, format_comparison, summarise
+from nodule_net.workers import process_pool
 
 
 def _annotation_facts(scan_id: int) -> list[tuple]:
@@ -36,7 +42,7 @@ def lidc_stats(scans_per_patient: str = "first", workers: int = 2, progress: boo
                                                       scans_per_patient)]
     bar = dict(total=len(scan_ids), desc="lidc-stats", unit="scan", disable=not progress)
     if workers > 1:
-        with get_context("spawn").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             per_scan = list(tqdm(pool.imap(_annotation_facts, scan_ids, chunksize=8), **bar))
     else:
         per_scan = [_annotation_facts(s) for s in tqdm(scan_ids, **bar)]
@@ -54,7 +60,7 @@ def lidc_stats(scans_per_patient: str = "first", workers: int = 2, progress: boo
     return stats
 
 
-@user_errors_exit
+@user_errors_exit(interrupted="interrupted")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nodule-net", description="nodule-net tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,8 +72,53 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--patients", nargs="+", metavar="ID", help="only these patients (default: all 875)")
     t = sub.add_parser("mae-table", help="the evaluate stage's MAE (final, auxiliary, baseline) as a table")
     t.add_argument("path", nargs="?", default="metrics/mae.json", help="default: metrics/mae.json")
+    b = sub.add_parser("bench", help="training/inference speed, operators per step, projected protocol time")
+    b.add_argument("--device", default="auto", help="auto (a GPU if there is one) | cpu | cuda | cuda:N")
+    b.add_argument("--json", action="store_true", help="print the result as JSON instead of a report")
+    b.add_argument("--quick", action="store_true", help="fewer nodules, one timed round (under a minute on a CPU)")
+    b.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    g = sub.add_parser("grid", help="queue the paper's experiments (Tables 1, 2, 5, S1, S2) as named DVC experiments")
+    g.add_argument("--dry-run", action="store_true", help="print the `dvc exp run --queue` commands only")
+    g.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override passed to every experiment, e.g. -S train.epochs=2 (repeatable)")
+    r = sub.add_parser("report", help="the paper's tables from the finished DVC experiments, as report.md + figures")
+    r.add_argument("--out", default="report", help="output folder (default: report)")
+    r.add_argument("--exp", nargs="+", metavar="NAME", help="use only these experiments (default: all found)")
+    r.add_argument("--all", action="store_true", help="experiments of every commit, not only HEAD's")
+    q = sub.add_parser("predict", help="score a nodule of a CT series (or of the dataset) with the fold models")
+    q.add_argument("series", nargs="?", help="folder with the .dcm files of one CT series")
+    q.add_argument("--centre-mm", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                   help="nodule centre in patient coordinates (mm, as ImagePositionPatient)")
+    q.add_argument("--centre-voxel", nargs=3, type=float, metavar=("I", "J", "K"),
+                   help="nodule centre as row, column, slice index (slices sorted by z, from 0)")
+    q.add_argument("--diameter-mm", type=float, help="nodule diameter in mm, with a centre")
+    q.add_argument("--box", nargs=6, type=int, metavar=("I0", "I1", "J0", "J1", "K0", "K1"),
+                   help="half-open voxel box (rows, columns, slices), as nodules.h5's bbox")
+    q.add_argument("--slices", nargs="+", type=int, metavar="K", help="with --box: only these slices")
+    q.add_argument("--dataset", default="data/nodules.h5", help="extracted dataset, with --nodule-id")
+    q.add_argument("--nodule-id", help="score this nodule of --dataset (e.g. LIDC-IDRI-0001/s1/n0)")
+    q.add_argument("--models", default="data/models", help="folder of fold<k>/model.pt (default: data/models)")
+    q.add_argument("--params", default="params.yaml", help="its `extract` section sets the crop")
+    q.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N")
+    q.add_argument("--json", action="store_true", help="print JSON for machines")
     args = parser.parse_args(argv)
-    if args.command == "lidc-stats":
+    if args.command == "predict":
+        from nodule_net.predict import main_predict  # torch and pydicom load only here
+
+        main_predict(args)
+    elif args.command == "grid":
+        from nodule_net.grid import queue_grid
+
+        queue_grid(".", args.overrides, args.dry_run)
+    elif args.command == "report":
+        from nodule_net.report import main_report  # pandas, scipy and matplotlib load only here
+
+        main_report(args.out, args.exp, args.all)
+    elif args.command == "bench":
+        from nodule_net.bench import bench_command  # torch and the model load only for this command
+
+        print(bench_command(args.device, args.quick, args.json, args.threads))
+    elif args.command == "lidc-stats":
         stats = lidc_stats(args.scans, args.workers, progress=not args.json, patients=args.patients)
         if args.json:
             print(json.dumps({"ours": stats, "paper": PAPER}, indent=2))

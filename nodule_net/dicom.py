@@ -4,12 +4,18 @@ Works on a TCIA download in either layout pylidc knows —
 ``ROOT/LIDC-IDRI-dddd/<StudyUID>/<SeriesUID>/*.dcm`` (older) or any folder hierarchy
 below ``ROOT/LIDC-IDRI-dddd`` (newer) — and on our phantom, which uses the older one.
 Headers are read without pixels; pixels are decoded only for slices a nodule uses.
+
+Damage is confined as narrowly as it can be: a file that cannot be read (not DICOM,
+truncated, any transfer syntax) is set aside and named with its reason, and only what
+needed that file — a nodule's slice — is lost; a series is lost only when no file of it
+can be read.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +26,9 @@ from pydicom.errors import InvalidDicomError
 Z_TOLERANCE_MM = 1e-2
 
 _HEADER_TAGS = ["SeriesInstanceUID", "StudyInstanceUID", "ImagePositionPatient", "InstanceNumber"]
+
+# Folder names of TCIA's older layout are UIDs; the newer layout's are dates and descriptions.
+_UID_NAME = re.compile(r"^\d+(\.\d+)+$")
 
 
 class DicomError(ValueError):
@@ -33,6 +42,17 @@ class SliceRef:
     instance_number: int
 
 
+@dataclass
+class SeriesIndex:
+    """The files of one series by z position, and what was set aside while indexing them."""
+
+    folder: Path
+    slices: dict[float, SliceRef]  # z → the slice kept at that z
+    unreadable: dict[Path, str] = field(default_factory=dict)  # file → why it was set aside
+    # One entry per z held by more than one slice: {"z", "kept", "dropped": [file names]}.
+    duplicates: list[dict] = field(default_factory=list)
+
+
 def _dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and not p.name.startswith("."))
 
@@ -40,8 +60,11 @@ def _dicom_files(folder: Path) -> list[Path]:
 def _read_header(path: Path) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:
-        raise DicomError(f"{path}: not a readable DICOM file ({err}); re-download it or remove it.") from err
+    except InvalidDicomError as err:
+        raise DicomError(f"{path}: not a DICOM file ({err}); re-download it or remove it.") from err
+    except Exception as err:  # damaged data raises many types: zlib.error, struct.error, EOFError, ...
+        raise DicomError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err}); "
+                         "re-download it or remove it.") from err
 
 
 def find_series_dir(root: str | os.PathLike, patient_id: str, study_uid: str, series_uid: str) -> Path:
@@ -57,53 +80,96 @@ def find_series_dir(root: str | os.PathLike, patient_id: str, study_uid: str, se
         return direct
     for folder, _, names in os.walk(base):
         files = _dicom_files(Path(folder)) if any(n.lower().endswith(".dcm") for n in names) else []
-        if not files:
-            continue
-        header = _read_header(files[0])
-        if str(header.get("SeriesInstanceUID", "")).strip() == series_uid:
-            return Path(folder)
+        for path in files:  # the first readable file names the folder's series
+            try:
+                header = _read_header(path)
+            except DicomError:
+                continue
+            if str(header.get("SeriesInstanceUID", "")).strip() == series_uid:
+                return Path(folder)
+            break
     raise DicomError(f"{base}: no DICOM series {series_uid} of patient {patient_id} found below it.")
 
 
-def index_series(folder: str | os.PathLike, series_uid: str) -> dict[float, SliceRef]:
+def series_may_exist(root: Path, patient_id: str, study_uid: str, series_uid: str) -> bool:
+    """Whether ``root`` may hold this series, from directory listings alone (no header reads).
+
+    False when the patient has no folder, or when the patient's folder uses TCIA's older
+    UID-named layout and has no folder for this study/series. True otherwise: folders of
+    the newer layout are named by date and description, so only headers can tell.
+    """
+    base = root / patient_id
+    if not base.is_dir():
+        return False
+    if (base / study_uid).is_dir():
+        return (base / study_uid / series_uid).is_dir()
+    return not any(_UID_NAME.match(child.name) for child in base.iterdir() if child.is_dir())
+
+
+def index_series(folder: str | os.PathLike, series_uid: str) -> SeriesIndex:
     """Map each z position of a series to the file that holds it (headers only).
 
-    Where several slices share one z, keep the lower InstanceNumber, as pylidc does.
-    Files of other series in the same folder are ignored.
+    A file that cannot be read, or lacks its position, is set aside in ``unreadable``
+    rather than losing the series. Where several slices share one z, the lower
+    InstanceNumber is kept, as pylidc does, and the z is recorded in ``duplicates``.
+    Files of other series in the same folder are ignored. Raises ``DicomError`` only
+    when no slice of the series can be read.
     """
     folder = Path(folder)
-    by_z: dict[float, SliceRef] = {}
+    at_z: dict[float, list[SliceRef]] = {}
+    unreadable: dict[Path, str] = {}
     for path in _dicom_files(folder):
-        header = _read_header(path)
-        if str(header.get("SeriesInstanceUID", "")).strip() != series_uid:
-            continue
         try:
-            z = float(header.ImagePositionPatient[2])
-            instance = int(header.InstanceNumber)
-        except (AttributeError, IndexError, TypeError, ValueError) as err:
-            raise DicomError(f"{path}: missing ImagePositionPatient or InstanceNumber ({err}).") from err
-        ref = SliceRef(path, z, instance)
-        if z not in by_z or instance < by_z[z].instance_number:
-            by_z[z] = ref
-    if not by_z:
-        raise DicomError(f"{folder}: holds no slice of series {series_uid}.")
-    return by_z
+            header = _read_header(path)
+            uid = str(header.get("SeriesInstanceUID", "")).strip()
+            if not uid:  # a damaged header, not another series: say so rather than ignore it
+                raise DicomError(f"{path}: no SeriesInstanceUID in its header; re-download it or remove it.")
+            if uid != series_uid:
+                continue
+            try:
+                z = float(header.ImagePositionPatient[2])
+                instance = int(header.InstanceNumber)
+            except Exception as err:  # absent, empty or malformed values
+                raise DicomError(f"{path}: no usable ImagePositionPatient or InstanceNumber "
+                                 f"({type(err).__name__}: {err}); re-download it or remove it.") from err
+        except DicomError as err:
+            unreadable[path] = str(err)
+            continue
+        at_z.setdefault(z, []).append(SliceRef(path, z, instance))
+    if not at_z:
+        why = f" ({len(unreadable)} unreadable .dcm files, e.g. {next(iter(unreadable.values()))})" if unreadable \
+            else ""
+        raise DicomError(f"{folder}: holds no readable slice of series {series_uid}{why}.")
+    slices, duplicates = {}, []
+    for z, refs in sorted(at_z.items()):
+        refs.sort(key=lambda r: (r.instance_number, r.path.name))
+        slices[z] = refs[0]
+        if len(refs) > 1:
+            duplicates.append({"z": z, "kept": refs[0].path.name, "dropped": [r.path.name for r in refs[1:]]})
+    return SeriesIndex(folder, slices, unreadable, duplicates)
 
 
-def slice_files(index: dict[float, SliceRef], zvals: np.ndarray, needed: np.ndarray, what: str) -> dict[int, Path]:
+def slice_files(index: SeriesIndex, zvals: np.ndarray, needed: np.ndarray, what: str,
+                file_names: tuple[str, ...] | None = None) -> dict[int, Path]:
     """Files of the slices ``needed`` (indices into ``zvals``), matched by z within tolerance.
 
-    ``what`` names the nodule for the error raised when a slice is missing.
+    ``what`` names the nodule for the error raised when a slice is missing; with
+    ``file_names`` (pylidc's, one per z) that error says why when the slice's own file
+    was set aside as unreadable.
     """
-    zs = np.array(sorted(index))
+    zs = np.array(sorted(index.slices))
     files = {}
     for k in needed:
         z = float(zvals[k])
         nearest = zs[np.argmin(np.abs(zs - z))]
         if abs(nearest - z) > Z_TOLERANCE_MM:
-            folder = next(iter(index.values())).path.parent
-            raise DicomError(f"{what}: slice {k} at z={z:.2f} mm is missing from {folder}; the series is incomplete.")
-        files[int(k)] = index[nearest].path
+            expected = index.folder / file_names[k] if file_names is not None else None
+            if expected in index.unreadable:
+                raise DicomError(f"{what}: slice {k} at z={z:.2f} mm cannot be read: {index.unreadable[expected]}")
+            also = f" ({len(index.unreadable)} unreadable .dcm files there)" if index.unreadable else ""
+            raise DicomError(f"{what}: slice {k} at z={z:.2f} mm is missing from {index.folder}{also}; "
+                             "the series is incomplete.")
+        files[int(k)] = index.slices[nearest].path
     return files
 
 

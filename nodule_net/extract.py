@@ -3,25 +3,27 @@
 Per scan (one worker each): cluster annotations and take the 50% consensus (pylidc), find
 the series under the DICOM root, index its headers by z, and decode only the slices that
 hold consensus-positive pixels; per nodule, crop a square around the common bounding box
-and resample each slice bilinearly to 64 × 64 HU. Problems confined to one scan or nodule
-are logged and counted as skips; the rest of the dataset is still built.
+and resample each slice bilinearly to 64 × 64 HU. Problems confined to one file, nodule or
+scan are logged and counted as skips; the rest of the dataset is still built. Scans with
+no folder under the root are found up front from directory listings and listed as
+missing, without any per-scan work.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from nodule_net.dicom import DicomError, find_series_dir, index_series, read_hu, slice_files
+from nodule_net.dicom import DicomError, find_series_dir, index_series, read_hu, series_may_exist, slice_files
 from nodule_net.lidc import ScanInfo, pylidc_version, scan_nodules
 from nodule_net.preprocess import nodule_patch
 from nodule_net.stats import summarise
 from nodule_net.store import READER_FILL, NoduleDataset
+from nodule_net.workers import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,9 @@ MIN_READERS_SLOTS = 4  # LIDC has up to 4 readers; a few clusters hold more anno
 class ExtractConfig:
     clevel: float = 0.5  # consensus level of the nodule mask
     extent_fraction: float = 0.8  # larger x/y box extent as a fraction of the square side
-    size: int = 64  # lateral output size
+    # Not named `size`: DVC leaves params named size/nfiles out of its run-cache key
+    # (treeverse/dvc#10296), so changing one would restore a stale output.
+    image_side: int = 64  # lateral output side in pixels after resampling
 
 
 @dataclass
@@ -44,40 +48,49 @@ class NoduleRecord:
     bbox: tuple[int, ...]  # (i0, i1, j0, j1, k0, k1)
     spacing_mm: tuple[float, float, float]
     slice_index: np.ndarray  # (M,)
-    images: np.ndarray  # (M, size, size) float32 HU
+    images: np.ndarray  # (M, image_side, image_side) float32 HU
+
+
+def scan_name(scan: ScanInfo) -> str:
+    """How a scan is named in logs and ``metrics/dataset.json``: ``LIDC-IDRI-dddd/s<scan id>``."""
+    return f"{scan.patient_id}/s{scan.scan_id}"
 
 
 @dataclass
 class ScanResult:
-    scan_id: int
+    scan: str  # scan_name(...)
     nodules: list[NoduleRecord] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)  # {"scan"/"nodule": id, "reason": text}
+    # {"scan": name, "nodules": count} | {"nodule": id} | {"file": path}, each with "reason"
+    skipped: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)  # SeriesIndex.duplicates of the scan
 
 
 def extract_scan(scan: ScanInfo, root: Path, config: ExtractConfig) -> ScanResult:
-    """All nodules of one scan; DICOM problems become skips in the result."""
-    result = ScanResult(scan.scan_id)
+    """All nodules of one scan; DICOM problems become skips (of a file, nodule or scan) in the result."""
+    result = ScanResult(scan_name(scan))
     nodules = scan_nodules(scan.scan_id, clevel=config.clevel)
     try:
         folder = find_series_dir(root, scan.patient_id, scan.study_uid, scan.series_uid)
         index = index_series(folder, scan.series_uid)
     except DicomError as err:
-        result.skipped.append({"scan": f"{scan.patient_id}/s{scan.scan_id}", "nodules": len(nodules),
-                               "reason": str(err)})
+        result.skipped.append({"scan": result.scan, "nodules": len(nodules), "reason": str(err)})
         return result
+    result.skipped += [{"file": str(path), "reason": reason} for path, reason in index.unreadable.items()]
+    result.duplicates = index.duplicates
     decoded: dict[int, np.ndarray] = {}  # nodules of one scan often share slices
     spacing = (scan.pixel_spacing, scan.pixel_spacing, scan.slice_spacing)
     for nodule in nodules:
         ks = nodule.positive_slices
         try:
-            files = slice_files(index, scan.slice_zvals, ks, nodule.nodule_id)
+            files = slice_files(index, scan.slice_zvals, ks, nodule.nodule_id, scan.file_names)
             for k in ks:
                 if k not in decoded:
                     decoded[k] = read_hu(files[k])
         except DicomError as err:
             result.skipped.append({"nodule": nodule.nodule_id, "reason": str(err)})
             continue
-        patches = np.stack([nodule_patch(decoded[k], nodule.bbox, config.extent_fraction, config.size) for k in ks])
+        patches = np.stack([nodule_patch(decoded[k], nodule.bbox, config.extent_fraction, config.image_side)
+                            for k in ks])
         result.nodules.append(NoduleRecord(nodule.nodule_id, nodule.patient_id, nodule.scan_id,
                                            nodule.reader_ratings, nodule.bbox, spacing, ks, patches))
     return result
@@ -120,34 +133,68 @@ def assemble(records: list[NoduleRecord], attrs: dict) -> NoduleDataset:
     )
 
 
+def locate(root: Path, scans: list[ScanInfo]) -> tuple[list[ScanInfo], dict]:
+    """Split ``scans`` into those that may be under ``root`` and the missing ones (listings only).
+
+    Returns the present scans and ``{"patients": [...], "scans": [...]}``: the requested
+    patients without a folder, and every requested scan without one (theirs included).
+    Logs one line with the counts. Raises ``DicomError`` when nothing requested is there.
+    """
+    present = [s for s in scans if series_may_exist(root, s.patient_id, s.study_uid, s.series_uid)]
+    patients = sorted({s.patient_id for s in scans})
+    missing_patients = sorted(p for p in patients if not (root / p).is_dir())
+    present_ids = {s.scan_id for s in present}
+    missing_scans = [scan_name(s) for s in scans if s.scan_id not in present_ids]
+    if not present:
+        raise DicomError(f"None of the {len(scans)} requested scans ({len(patients)} patients) has a folder under "
+                         f"{root}; point data.lidc_root at the folder that holds the LIDC-IDRI-dddd folders.")
+    found = (f"{len(patients) - len(missing_patients)} of {len(patients)} patients and "
+             f"{len(present)} of {len(scans)} scans found under {root}")
+    if missing_scans:
+        log.warning("%s; the %d missing patients and %d missing scans are listed in the dataset statistics "
+                    "(missing).", found, len(missing_patients), len(missing_scans))
+    else:
+        log.info("%s.", found)
+    return present, {"patients": missing_patients, "scans": missing_scans}
+
+
 def extract(root: str | Path, scans: list[ScanInfo], config: ExtractConfig, source: str,
             workers: int = 1, progress: bool = True) -> tuple[NoduleDataset, dict]:
     """Extract every nodule of ``scans`` from the DICOM tree at ``root``.
 
-    Returns the dataset and its statistics (``metrics/dataset.json``), skips included.
-    Raises ``DicomError`` if the root is missing or no nodule at all could be extracted.
+    Returns the dataset and its statistics (``metrics/dataset.json``): skipped files,
+    nodules and scans with their reasons, scans missing from the root, and duplicate
+    slice positions. Raises ``DicomError`` if the root is missing, holds none of the
+    scans, or no nodule at all could be extracted.
     """
     root = Path(root)
     if not root.is_dir():
         raise DicomError(f"DICOM root {root} does not exist; point data.lidc_root at your LIDC-IDRI download.")
     if not scans:
         raise ValueError("No annotated scans were selected; check phantom.patients.")
+    scans, missing = locate(root, scans)
     jobs = [(scan, root, config) for scan in scans]
     bar = dict(total=len(jobs), desc="extract", unit="scan", disable=not progress)
     if workers > 1:
-        with get_context("spawn").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             results = list(tqdm(pool.imap(_extract_job, jobs), **bar))
     else:
         results = [_extract_job(job) for job in tqdm(jobs, **bar)]
     records = [r for res in results for r in res.nodules]
     skipped = [s for res in results for s in res.skipped]
     for s in skipped:
-        log.warning("skipped %s: %s", s.get("scan") or s.get("nodule"), s["reason"])
+        log.warning("skipped %s: %s", s.get("scan") or s.get("nodule") or s.get("file"), s["reason"])
+    duplicates = {res.scan: res.duplicates for res in results if res.duplicates}
+    for scan, dups in duplicates.items():
+        log.warning("%s: %d z positions hold more than one slice; kept the lower InstanceNumber at each "
+                    "(as pylidc does), e.g. z=%.2f mm: %s over %s", scan, len(dups), dups[0]["z"], dups[0]["kept"],
+                    ", ".join(dups[0]["dropped"]))
     if not records:
         first = skipped[0]["reason"] if skipped else "no nodules"
         raise DicomError(f"No nodule could be extracted from {root}. First problem: {first}")
     attrs = {"source": source, "pylidc_version": pylidc_version(),
-             "params": {"clevel": config.clevel, "extent_fraction": config.extent_fraction, "size": config.size}}
+             "params": {"clevel": config.clevel, "extent_fraction": config.extent_fraction,
+                        "image_side": config.image_side}}
     data = assemble(records, attrs)
     box_hw = np.stack([data.bbox[:, 1] - data.bbox[:, 0], data.bbox[:, 3] - data.bbox[:, 2]], axis=1)
     stats = summarise(data.n_slices, box_hw, data.reader_ratings, data.patient_id, data.scan_id)
@@ -155,7 +202,13 @@ def extract(root: str | Path, scans: list[ScanInfo], config: ExtractConfig, sour
     stats["clusters_over_4_annotations"] = int((data.n_readers > 4).sum())
     stats["skipped"] = {
         "scans": sum(1 for s in skipped if "scan" in s),
-        "nodules": sum(s.get("nodules", 1) for s in skipped),
+        "nodules": sum(s.get("nodules", 1) for s in skipped if "file" not in s),
+        "files": sum(1 for s in skipped if "file" in s),
         "details": skipped,
+    }
+    stats["missing"] = missing
+    stats["duplicate_slice_positions"] = {
+        "count": sum(len(d) for d in duplicates.values()),
+        "scans": duplicates,
     }
     return data, stats

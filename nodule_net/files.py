@@ -1,11 +1,42 @@
-"""Writing files so that a failure never leaves a half-written one behind."""
+"""Writing files so that a failure never leaves a half-written one behind, and checking up front that we can."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
+
+
+def check_writable(path: str | os.PathLike, need_bytes: int = 0) -> None:
+    """Fail before the work, not after it, if ``path`` (a file or folder to be written) cannot be.
+
+    Creates ``path``'s parent folder, writes and removes a probe file in it, and checks
+    that its filesystem has ``need_bytes`` free (the caller's estimate of the output
+    size). Raises ``ValueError`` with one sentence naming the path.
+    """
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A real write, not os.access: root passes every permission check, yet a read-only
+        # filesystem still refuses it.
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"Cannot write {path}: {folder} is not writable ({err.strerror or err}); "
+                         "make it writable or point the output elsewhere, then re-run.") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise ValueError(f"Cannot write {path}: it needs about {_megabytes(need_bytes)} but only "
+                         f"{_megabytes(free)} are free on {folder}'s disk; free some space, then re-run.")
 
 
 @contextmanager
@@ -14,6 +45,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     If the block raises (or the process is killed), ``path`` keeps its previous content
     and the temporary file is removed (or, after a kill, left as ``<name>.partial``).
+    The block's own exception is what propagates: a failing clean-up (on a read-only or
+    full disk) never hides it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,8 +54,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)  # atomic on POSIX within one filesystem
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the original error matters; a leftover .partial is overwritten next time
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -9,14 +9,14 @@ attention weights the paper's analyses need (§4.1).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from nodule_net.checkpoint import read_model_file
-from nodule_net.data import iterate_batches
-from nodule_net.device import batch_to
+from nodule_net.checkpoint import model_path, read_model_file
+from nodule_net.data import ResidentNodules, iterate_resident, resident_nodules
 from nodule_net.model import ModelConfig, NoduleNet
 from nodule_net.store import NoduleDataset
 
@@ -47,7 +47,6 @@ def load_model(path: str | os.PathLike, device: torch.device) -> LoadedModel:
     return LoadedModel(model.eval(), saved["mean"], saved["std"])
 
 
-@torch.no_grad()
 def predict(
     model: NoduleNet,
     data: NoduleDataset,
@@ -58,23 +57,80 @@ def predict(
     device: torch.device,
 ) -> Predictions:
     """Scores for the nodules ``indices`` in that order, no augmentation."""
-    model.eval()
     dummy_targets = np.zeros((len(data), model.config.n_outputs), dtype=np.float32)
+    return predict_resident(model, resident_nodules(data, indices, dummy_targets, mean, std, device), batch_nodules)
+
+
+@torch.no_grad()
+def predict_resident(model: NoduleNet, nodules: ResidentNodules, batch_nodules: int) -> Predictions:
+    """Scores for ``nodules`` (already normalised, on the model's device) in their order.
+
+    Outputs stay on the device until the last batch, then come back in one copy each:
+    a host sync per batch would stall a GPU between batches.
+    """
+    model.eval()
     scores, aux, weights, caam = [], [], [], []
-    for batch in iterate_batches(data, indices, dummy_targets, mean, std, batch_nodules):
-        batch = batch_to(batch, device)
+    for batch in iterate_resident(nodules, batch_nodules):
         out = model(batch.images, batch.segment_ids, len(batch.index))
-        scores.append(out.scores.cpu().numpy())
+        scores.append(out.scores)
         if out.aux_scores is not None:
-            aux.append(out.aux_scores.cpu().numpy())
+            aux.append(out.aux_scores)
         if out.caam_weights is not None:
-            caam.append(out.caam_weights.cpu().numpy())
+            caam.append(out.caam_weights)
         if out.slice_weights is not None:
-            sizes = torch.bincount(batch.segment_ids, minlength=len(batch.index)).tolist()
-            weights.extend(w.numpy() for w in out.slice_weights.cpu().split(sizes))
+            weights.append(out.slice_weights)
+
+    def host(parts: list[torch.Tensor]) -> np.ndarray | None:
+        return torch.cat(parts).cpu().numpy() if parts else None
+
+    slice_weights = host(weights)
     return Predictions(
-        np.concatenate(scores),
-        np.concatenate(aux) if aux else None,
-        weights or None,
-        np.concatenate(caam) if caam else None,
+        host(scores),
+        host(aux),
+        np.split(slice_weights, nodules.offsets[1:-1]) if slice_weights is not None else None,
+        host(caam),
     )
+
+
+# --- the fold models as an ensemble (`nodule-net predict`) ----------------------------------
+
+
+def find_fold_models(models_dir: str | os.PathLike) -> dict[int, Path]:
+    """Every fold model under ``models_dir`` (``fold<k>/model.pt``, see ``model_path``), by fold.
+
+    Raises ``FileNotFoundError`` when there is none.
+    """
+    found = {}
+    for folder in Path(models_dir).glob("fold*"):
+        fold = folder.name.removeprefix("fold")
+        if fold.isdigit() and model_path(models_dir, int(fold)).is_file():
+            found[int(fold)] = model_path(models_dir, int(fold))
+    if not found:
+        raise FileNotFoundError(f"{models_dir}: no trained fold models (fold<k>/model.pt); run `dvc repro` "
+                                "first, or pass --models with the folder that holds them.")
+    return dict(sorted(found.items()))
+
+
+def load_fold_models(models_dir: str | os.PathLike, device: torch.device) -> dict[int, LoadedModel]:
+    """All fold models of ``models_dir`` on ``device``; they must share one model config."""
+    models = {fold: load_model(path, device) for fold, path in find_fold_models(models_dir).items()}
+    configs = {fold: m.model.config for fold, m in models.items()}
+    first = next(iter(configs))
+    if any(c != configs[first] for c in configs.values()):
+        raise ValueError(f"{models_dir}: the fold models were trained with different model params; "
+                         "retrain all folds with the same params (`dvc repro`).")
+    return models
+
+
+def predict_volume(loaded: LoadedModel, volume: np.ndarray, device: torch.device) -> Predictions:
+    """One nodule's slices (M, H, W) in HU, cropped as `extract` crops them, scored by one model.
+
+    Normalised with the model's training-fold mean/std exactly as evaluation normalises a
+    dataset's nodules (:func:`~nodule_net.data.resident_nodules`), then :func:`predict_resident`.
+    """
+    images = np.asarray(volume).astype(np.float32)  # float32 arithmetic, as resident_nodules
+    images -= loaded.mean
+    images /= loaded.std
+    targets = torch.zeros((1, loaded.model.config.n_outputs), device=device)
+    nodules = ResidentNodules(torch.from_numpy(images).to(device), np.array([0, len(images)]), targets, np.array([0]))
+    return predict_resident(loaded.model, nodules, batch_nodules=1)

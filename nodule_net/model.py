@@ -1,7 +1,10 @@
 """The attention-enhanced cross-task network of Fu et al. (paper §2), and its ablations.
 
 Ordered bottom-up: segment helpers, backbones, the three attention modules (SAM,
-ASCMM, CAAM), the prediction head, then :class:`NoduleNet`.
+ASCMM, CAAM), the prediction head, then :class:`NoduleNet`. The per-attribute layers of
+ASCMM, CAAM and the heads are each one :class:`StackedLinear` (one batched matmul for
+the 9 attributes); :mod:`nodule_net.reference` keeps their per-attribute form, and old
+per-attribute state dicts load into this one.
 
 Every forward takes a *packed* batch: the slices of B nodules concatenated along the
 batch axis, ``images`` (S, H, W), plus ``segment_ids`` (S,) saying which nodule
@@ -17,11 +20,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nodule_net.attributes import ATTRIBUTES, attribute_index
 
 VARIANTS: tuple[str, ...] = ("none", "sam", "caam", "caam_ascmm", "full", "3d")
+MALIGNANCY_MODES: tuple[str, ...] = ("regress", "classify")
 
 
 @dataclass
@@ -34,6 +39,7 @@ class ModelConfig:
     caam_hidden: int = 128  # CAAM FC 256→128→1 (eq. 5)
     head_hidden: int = 256  # prediction head FC 256→256→1 (§2.3)
     depth_3d: int = 64  # the 3d variant zero-pads every volume to this many slices (§3.3)
+    malignancy: str = "regress"  # regress (score 1–5) | classify (sigmoid = P(malignant), Table 5)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -47,6 +53,18 @@ class ModelConfig:
                 f"model.widths {self.widths} and model.convs_per_stage {self.convs_per_stage} "
                 "must have the same length (one entry per backbone stage)."
             )
+        if self.malignancy not in MALIGNANCY_MODES:
+            raise ValueError(f"model.malignancy={self.malignancy!r} must be regress or classify.")
+        if self.malignancy == "classify" and "malignancy" not in self.attributes:
+            raise ValueError(
+                f"model.malignancy=classify needs a malignancy output, but model.attribute={self.attribute!r} "
+                "predicts only that attribute; use model.attribute: null or malignancy."
+            )
+
+    @property
+    def classify_column(self) -> int | None:
+        """Output column that is P(malignant) (``malignancy: classify``); None when every column regresses."""
+        return self.attributes.index("malignancy") if self.malignancy == "classify" else None
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -161,12 +179,84 @@ class SliceAttention(nn.Module):
 
     def forward(self, x: Tensor, segment_ids: Tensor, n_segments: int) -> tuple[Tensor, Tensor]:
         logits = self.fc2(self.act(self.fc1(x))).squeeze(1)  # (S,)
+        if n_segments == 1:  # one nodule, the paper's step: a plain softmax and one matmul, fewer kernels
+            weights = torch.softmax(logits, dim=0)  # (S,)
+            return weights[None] @ x, weights  # (1, 256), (S,)
         weights = segment_softmax(logits, segment_ids, n_segments)  # (S,)
         content = segment_sum(weights[:, None] * x, segment_ids, n_segments)  # (B, 256)
         return content, weights
 
 
-class AttributeSpecialisation(nn.Module):
+class StackedLinear(nn.Module):
+    """K independent ``nn.Linear(in_features, out_features)`` layers, one per attribute, batched.
+
+    ``weight`` (K, out, in) and ``bias`` (K, out): slice k is attribute k's layer in
+    ``nn.Linear``'s own layout, so per-attribute weights (old model files,
+    :mod:`nodule_net.reference`) stack into it unchanged. One matmul per layer instead of
+    K keeps a one-nodule training step from being a stream of tiny kernels (README, "Speed").
+    """
+
+    def __init__(self, n_layers: int, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_layers, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(n_layers, out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Paper §3.2 per attribute, as for K separate layers: Xavier-uniform weights with
+        fan_in = in, fan_out = out (bound √(6 / (in + out))), zero biases."""
+        for weight in self.weight.data:  # (out, in) each: xavier_uniform_ reads the fans from that shape
+            nn.init.xavier_uniform_(weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Attribute k's layer on ``x[..., k, :]``: (..., K, in) → (..., K, out)."""
+        y = torch.einsum("...ki,koi->...ko", x, self.weight)
+        return y if self.bias is None else y + self.bias
+
+    def shared(self, x: Tensor) -> Tensor:
+        """Every attribute's layer on the same ``x``: (..., in) → (..., K, out), one matmul."""
+        bias = None if self.bias is None else self.bias.flatten()
+        return F.linear(x, self.weight.flatten(0, 1), bias).unflatten(-1, self.weight.shape[:2])
+
+    def extra_repr(self) -> str:
+        k, out_features, in_features = self.weight.shape
+        return f"n_layers={k}, in_features={in_features}, out_features={out_features}, bias={self.bias is not None}"
+
+
+def stack_legacy_keys(state_dict: dict[str, Tensor], prefix: str, layout: dict[str, str]) -> None:
+    """Rewrite a per-attribute (pre-:class:`StackedLinear`) state dict into the stacked layout, in place.
+
+    ``layout`` maps each stacked layer's name to its old per-attribute module path, ``{k}``
+    standing for the attribute: with ``{"fc1": "units.{k}.fc1"}``, ``<prefix>units.3.fc1.weight``
+    becomes slice 3 of ``<prefix>fc1.weight``. Keys already stacked are left alone.
+    """
+    for name, old in layout.items():
+        for param in ("weight", "bias"):
+            keys = []
+            while (key := f"{prefix}{old.format(k=len(keys))}.{param}") in state_dict:
+                keys.append(key)
+            if keys:
+                state_dict[f"{prefix}{name}.{param}"] = torch.stack([state_dict.pop(key) for key in keys])
+
+
+class _AttributeLayers(nn.Module):
+    """A module of :class:`StackedLinear` layers that also loads old, per-attribute weights.
+
+    ``legacy_layout``: see :func:`stack_legacy_keys`. Overriding ``_load_from_state_dict``
+    (as torch's own modules do for their old layouts) applies it wherever a state dict is
+    loaded: model files, checkpoints, :mod:`nodule_net.reference` weights.
+    """
+
+    legacy_layout: dict[str, str] = {}
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args, **kwargs) -> None:
+        stack_legacy_keys(state_dict, prefix, self.legacy_layout)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class AttributeSpecialisation(_AttributeLayers):
     """Attribute-specific content modulation module, ASCMM (paper §2.2.2, eq. 4).
 
     One FC 256→256 per attribute turns the content vector into that attribute's
@@ -176,63 +266,57 @@ class AttributeSpecialisation(nn.Module):
     vectors exist but nothing supervises them directly.
     """
 
+    legacy_layout = {"specialise": "specialise.{k}", "aux": "aux.{k}"}
+
     def __init__(self, n_attributes: int, features: int, aux: bool) -> None:
         super().__init__()
-        self.specialise = nn.ModuleList(nn.Linear(features, features) for _ in range(n_attributes))
-        self.aux = nn.ModuleList(nn.Linear(features, 1, bias=False) for _ in range(n_attributes)) if aux else None
+        self.specialise = StackedLinear(n_attributes, features, features)
+        self.aux = StackedLinear(n_attributes, features, 1, bias=False) if aux else None
 
     def forward(self, content: Tensor) -> tuple[Tensor, Tensor | None]:
-        specialised = torch.stack([fc(content) for fc in self.specialise], dim=1)  # (B, K, 256)
+        specialised = self.specialise.shared(content)  # (B, K, 256)
         if self.aux is None:
             return specialised, None
-        aux = torch.cat([fc(specialised[:, t]) for t, fc in enumerate(self.aux)], dim=1)  # (B, K)
-        return specialised, torch.sigmoid(aux)
+        return specialised, torch.sigmoid(self.aux(specialised).squeeze(-1))  # (B, K, 256), (B, K)
 
 
-class CrossAttributeUnit(nn.Module):
-    """One CAAM unit (paper eqs. 5–6): scores all K specialised vectors for one attribute.
+class CrossAttributeAttention(_AttributeLayers):
+    """Cross-attribute attention module, CAAM (paper §2.2.2, eqs. 5–6).
 
-    The raw, unnormalised scores weight the sum (the paper has no softmax here, nor
-    does the authors' code).
+    Attribute t's unit (FC 256→128, ReLU, FC 128→1) scores each of the K specialised
+    vectors; the raw, unnormalised scores weight their sum (the paper has no softmax here,
+    nor does the authors' code). The K units run as one batched layer.
     """
 
-    def __init__(self, features: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(features, hidden)
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Linear(hidden, 1)
-
-    def forward(self, specialised: Tensor) -> tuple[Tensor, Tensor]:
-        weights = self.fc2(self.act(self.fc1(specialised))).squeeze(2)  # (B, K)
-        fused = (weights[:, :, None] * specialised).sum(dim=1)  # (B, 256)
-        return fused, weights
-
-
-class CrossAttributeAttention(nn.Module):
-    """Cross-attribute attention module, CAAM (paper §2.2.2): one unit per attribute."""
+    legacy_layout = {"fc1": "units.{k}.fc1", "fc2": "units.{k}.fc2"}
 
     def __init__(self, n_attributes: int, features: int, hidden: int) -> None:
         super().__init__()
-        self.units = nn.ModuleList(CrossAttributeUnit(features, hidden) for _ in range(n_attributes))
+        self.fc1 = StackedLinear(n_attributes, features, hidden)
+        self.act = nn.ReLU()
+        self.fc2 = StackedLinear(n_attributes, hidden, 1)
 
     def forward(self, specialised: Tensor) -> tuple[Tensor, Tensor]:
-        fused, weights = zip(*(unit(specialised) for unit in self.units))
-        return torch.stack(fused, dim=1), torch.stack(weights, dim=1)  # (B, K, 256), (B, K, K)
+        hidden = self.act(self.fc1.shared(specialised))  # (B, K_j, K_t, 128): unit t on vector j
+        weights = self.fc2(hidden).squeeze(-1).transpose(1, 2)  # (B, K_t, K_j)
+        return weights @ specialised, weights  # (B, K, 256), (B, K, K)
 
 
-class PredictionHead(nn.Module):
+class PredictionHead(_AttributeLayers):
     """Score regression (paper §2.3): per attribute FC 256→256, ReLU, FC 256→1 (no bias), sigmoid."""
 
+    legacy_layout = {"fc1": "fc1.{k}", "fc2": "fc2.{k}"}
+
     def __init__(self, n_attributes: int, features: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.ModuleList(nn.Linear(features, hidden) for _ in range(n_attributes))
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.ModuleList(nn.Linear(hidden, 1, bias=False) for _ in range(n_attributes))
+        self.fc1 = StackedLinear(n_attributes, features, hidden)
+        self.act = nn.ReLU()
+        self.fc2 = StackedLinear(n_attributes, hidden, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        # x: (B, K, 256), one input vector per attribute branch
-        scores = [fc2(self.act(fc1(x[:, t]))) for t, (fc1, fc2) in enumerate(zip(self.fc1, self.fc2))]
-        return torch.sigmoid(torch.cat(scores, dim=1))  # (B, K)
+        """``x`` (B, K, 256), one vector per attribute branch, or (B, 256) shared by all → (B, K)."""
+        hidden = self.fc1(x) if x.dim() == 3 else self.fc1.shared(x)  # (B, K, 256)
+        return torch.sigmoid(self.fc2(self.act(hidden)).squeeze(-1))
 
 
 # --- the network -------------------------------------------------------------------------
@@ -240,6 +324,9 @@ class PredictionHead(nn.Module):
 
 def _init_weights(module: nn.Module) -> None:
     """Paper §3.2: He (Kaiming-normal) conv weights, Glorot (Xavier-uniform) FC weights, zero biases."""
+    if isinstance(module, StackedLinear):
+        module.reset_parameters()  # the same laws, per attribute
+        return
     if isinstance(module, (nn.Conv2d, nn.Conv3d)):
         nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     elif isinstance(module, nn.Linear):
@@ -264,6 +351,21 @@ def pad_volumes(images: Tensor, segment_ids: Tensor, n_segments: int, depth: int
     volumes = images.new_zeros((n_segments, depth, *images.shape[1:]))
     volumes[segment_ids, z] = images
     return volumes[:, None]  # (B, 1, D, H, W)
+
+
+def centre_in_depth(images: Tensor, mask: Tensor, depth: int) -> Tensor:
+    """One nodule's M real slices (the first M of ``images`` (D, H, W), ``mask`` (D,)) centred
+    in a zero volume (depth, H, W), as :func:`pad_volumes` places them; a gather, so M may
+    differ between the nodules of a :func:`torch.func.vmap`."""
+    if images.shape[0] > depth:
+        raise ValueError(
+            f"A nodule has {images.shape[0]} slices but the 3d variant pads to model.depth_3d={depth}; "
+            "raise model.depth_3d to at least the deepest nodule."
+        )
+    count = mask.sum()
+    source = torch.arange(depth, device=images.device) - (depth - count) // 2  # (depth,) slice read at each z
+    inside = (source >= 0) & (source < count)
+    return images[source.clamp(0, images.shape[0] - 1)] * inside[:, None, None].to(images.dtype)
 
 
 class NoduleNet(nn.Module):
@@ -294,20 +396,49 @@ class NoduleNet(nn.Module):
     def forward(self, images: Tensor, segment_ids: Tensor, n_nodules: int | None = None) -> ModelOutput:
         """``images`` (S, H, W) normalised slices of B nodules; ``segment_ids`` (S,) in 0..B-1."""
         b = int(segment_ids.max()) + 1 if n_nodules is None else n_nodules
-        k = self.config.n_outputs
         if self.config.variant == "3d":
             content = self.backbone(pad_volumes(images, segment_ids, b, self.config.depth_3d))  # (B, 256)
-            return ModelOutput(self.head(content[:, None].expand(-1, k, -1)), None, None, None)
+            return self._from_content(content, None)
         features = self.backbone(images[:, None])  # (S, 256)
         slice_weights = None
         if self.sam is not None:
             content, slice_weights = self.sam(features, segment_ids, b)  # (B, 256), (S,)
+        elif b == 1:  # one nodule, the paper's step: a plain mean
+            content = features.mean(dim=0, keepdim=True)  # (1, 256)
         else:
             content = segment_mean(features, segment_ids, b)  # (B, 256)
+        return self._from_content(content, slice_weights)
+
+    def forward_padded(self, images: Tensor, mask: Tensor) -> ModelOutput:
+        """One nodule zero-padded in z, for :func:`torch.func.vmap` over folds (``nodule_net.side_by_side``).
+
+        ``images`` (D, H, W): the nodule's M normalised slices first, then D − M padding
+        slices; ``mask`` (D,) bool, True on the M real slices. The outputs equal
+        ``forward`` on the M slices alone (B = 1; ``slice_weights`` (D,) is 0 on padding):
+        the backbone works per slice, and the padding forms a second segment whose SAM
+        softmax and sums are its own and discarded. No shape depends on M, so folds whose
+        nodules differ in depth can be stepped in one batched call.
+        """
+        if self.config.variant == "3d":
+            content = self.backbone(centre_in_depth(images, mask, self.config.depth_3d)[None, None])  # (1, 256)
+            return self._from_content(content, None)
+        segment_ids = (~mask).long()  # 0: the nodule, 1: padding
+        features = self.backbone(images[:, None])  # (D, 256)
+        slice_weights = None
+        if self.sam is not None:
+            content, slice_weights = self.sam(features, segment_ids, 2)  # (2, 256), (D,)
+            slice_weights = slice_weights * mask
+        else:
+            # segment_mean would divide the empty padding segment by 0 when D == M.
+            content = segment_sum(features, segment_ids, 2) / mask.sum().to(features.dtype)
+        return self._from_content(content[:1], slice_weights)
+
+    def _from_content(self, content: Tensor, slice_weights: Tensor | None) -> ModelOutput:
+        """Everything after slice pooling: ``content`` (B, 256) → [ASCMM → CAAM →] heads."""
         aux_scores = caam_weights = None
         if self.caam is not None:
             specialised, aux_scores = self.ascmm(content)  # (B, K, 256), (B, K) | None
             branches, caam_weights = self.caam(specialised)  # (B, K, 256), (B, K, K)
         else:
-            branches = content[:, None].expand(-1, k, -1)  # (B, K, 256): every head sees the content
+            branches = content  # (B, 256): every attribute's head sees the content
         return ModelOutput(self.head(branches), aux_scores, slice_weights, caam_weights)

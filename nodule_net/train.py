@@ -6,7 +6,9 @@ in the authors' code), one nodule per step by default, shuffling and augmentatio
 epoch, inputs normalised by the training part's pixel mean/std.
 
 Model selection: the epoch with the lowest mean validation MAE (original scales) on the
-fold's validation slice. (The authors' code picks the best epoch on the test fold.)
+fold's validation slice. (The authors' code picks the best epoch on the test fold.) A
+benign/malignant classifier (``model.malignancy: classify``, Table 5) is selected by the
+mean MAE of the 8 regressed attributes plus the validation BCE of P(malignant).
 
 Resumption: after every epoch a checkpoint holds the model, the optimiser, the epoch,
 the RNG state and the best model so far. Every epoch draws its shuffling and
@@ -26,13 +28,15 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from nodule_net.attributes import denormalise
+from nodule_net.attributes import MALIGNANCY_CUTOFF, N_ATTRIBUTES, attribute_index, denormalise, normalise
 from nodule_net.checkpoint import load_checkpoint, save_checkpoint, save_model as save_model_file
-from nodule_net.data import Batch, iterate_batches, normalisation_stats, targets_for
+from nodule_net.data import Batch, iterate_resident, normalisation_stats, resident_nodules, targets_for
 from nodule_net.device import batch_to, resolve_device
-from nodule_net.inference import predict
+from nodule_net.imports import PACKAGE_DIR, import_closure
+from nodule_net.inference import predict_resident
 from nodule_net.metrics import mae_report
 from nodule_net.model import ModelConfig, ModelOutput, NoduleNet
 from nodule_net.store import NoduleDataset
@@ -78,11 +82,45 @@ class FitResult(NamedTuple):
     history: list[EpochRecord]
 
 
-def loss_fn(output: ModelOutput, targets: torch.Tensor, lambda_aux: float) -> torch.Tensor:
-    """Eq. 8 with summed squared errors: λ·Σ(aux − y)² + Σ(final − y)²."""
-    loss = ((output.scores - targets) ** 2).sum()
+# The benign/malignant cutoff on malignancy's [0, 1] training scale (rating 3 → 0.5).
+MALIGNANT_ABOVE = float(normalise(np.full(N_ATTRIBUTES, MALIGNANCY_CUTOFF))[attribute_index("malignancy")])
+
+
+def malignancy_labels(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised mean malignancy (B,) → benign 0 / malignant 1 labels (B,) and which count (B,) bool.
+
+    Mean ratings that are not exactly 3 are at least 1/(4·readers) from 0.5 here, so the
+    tolerance only absorbs float32 rounding.
+    """
+    keep = (targets - MALIGNANT_ABOVE).abs() > 1e-4
+    return (targets > MALIGNANT_ABOVE).to(targets.dtype), keep
+
+
+def _attribute_loss(scores: torch.Tensor, targets: torch.Tensor, classify_column: int | None) -> torch.Tensor:
+    """Σ squared errors over (B, K); ``classify_column`` instead adds its masked, summed BCE."""
+    if classify_column is None:
+        return ((scores - targets) ** 2).sum()
+    regressed = [k for k in range(targets.shape[1]) if k != classify_column]
+    loss = ((scores[:, regressed] - targets[:, regressed]) ** 2).sum()
+    labels, keep = malignancy_labels(targets[:, classify_column])
+    bce = F.binary_cross_entropy(scores[:, classify_column], labels, reduction="none")  # (B,)
+    # where(), not a product with the mask, so a rated-3 nodule adds exactly no gradient.
+    return loss + torch.where(keep, bce, torch.zeros_like(bce)).sum()
+
+
+def loss_fn(
+    output: ModelOutput, targets: torch.Tensor, lambda_aux: float, classify_column: int | None = None
+) -> torch.Tensor:
+    """Eq. 8 with summed squared errors: λ·Σ(aux − y)² + Σ(final − y)².
+
+    With ``classify_column`` (``model.malignancy: classify``) that output is P(malignant):
+    its term is the binary cross-entropy against the benign/malignant label, summed over
+    nodules like the squared errors, nodules rated exactly 3 masked out; the auxiliary
+    (ASCMM) malignancy output gets the same BCE and mask.
+    """
+    loss = _attribute_loss(output.scores, targets, classify_column)
     if output.aux_scores is not None:
-        loss = loss + lambda_aux * ((output.aux_scores - targets) ** 2).sum()
+        loss = loss + lambda_aux * _attribute_loss(output.aux_scores, targets, classify_column)
     return loss
 
 
@@ -93,31 +131,88 @@ def train_epoch(
     lambda_aux: float,
     device: torch.device,
 ) -> float:
-    """One pass over ``batches``; returns the mean loss per nodule."""
+    """One pass over ``batches``; returns the mean loss per nodule.
+
+    Raises :class:`NonFiniteLoss` after the pass if a step's loss was NaN or infinite.
+    The per-step losses stay on the device and are read once, at the end of the epoch
+    (a host sync per step would stall a GPU).
+    """
     model.train()
-    total, n = 0.0, 0
+    step_losses, step_nodules = [], []
     for batch in batches:
-        batch = batch_to(batch, device)
-        loss = loss_fn(model(batch.images, batch.segment_ids, len(batch.index)), batch.targets, lambda_aux)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, n = total + loss.item(), n + len(batch.index)
-    return total / n
+        batch = batch_to(batch, device)  # a no-op for resident batches (nodule_net.data)
+        step_losses.append(train_step(model, optimizer, batch, lambda_aux))
+        step_nodules.append(batch.index)
+    losses = torch.stack(step_losses).double().cpu()  # (steps,): the epoch's one host sync
+    if not (finite := torch.isfinite(losses)).all():
+        step = int((~finite).nonzero()[0, 0])
+        raise NonFiniteLoss(step, step_nodules[step], float(losses[step]))
+    return float(losses.sum()) / sum(len(index) for index in step_nodules)
 
 
-def validation_mae(predicted: np.ndarray, targets: np.ndarray, attributes: tuple[str, ...]) -> float:
-    """Mean over attributes of the MAE on the original rating scales."""
-    return mae_report(denormalise(predicted, attributes), denormalise(targets, attributes), attributes)[
-        "mean"
-    ]
+def train_step(model: NoduleNet, optimizer: torch.optim.Optimizer, batch: Batch, lambda_aux: float) -> torch.Tensor:
+    """One optimiser step on ``batch``; returns its loss, detached, still on the device (no host sync)."""
+    out = model(batch.images, batch.segment_ids, len(batch.index))
+    loss = loss_fn(out, batch.targets, lambda_aux, model.config.classify_column)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
-# Modules whose code defines what training produces. DVC re-runs `train` when they change;
-# a checkpoint written by other code must then not be resumed.
-TRAINING_CODE = (
-    "attributes.py", "checkpoint.py", "data.py", "device.py", "inference.py", "metrics.py", "model.py", "train.py",
-)
+def make_optimizer(params: Iterable[torch.nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """The paper's Adam (L2 weight decay on all parameters) as one fused kernel where torch has one.
+
+    Fused Adam updates every parameter in one call (CUDA, and the CPU since torch 2.4)
+    instead of a handful of ops per tensor; its numbers equal the per-tensor Adam's within
+    float rounding (tests/test_train.py). `nodule-net bench` measured it fastest on the CPU
+    too (README, "Speed"). Elsewhere: the multi-tensor (foreach) Adam.
+    """
+    params = list(params)
+    kwargs = dict(lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    try:
+        return torch.optim.Adam(params, **kwargs, fused=True)
+    except RuntimeError:  # a device (or an older torch) without the fused kernel
+        return torch.optim.Adam(params, **kwargs, foreach=True)
+
+
+class NonFiniteLoss(ValueError):
+    """A training step whose loss was NaN or infinite: its 0-based ``step`` and dataset ``nodules``."""
+
+    def __init__(self, step: int, nodules: np.ndarray, loss: float) -> None:
+        super().__init__(f"the loss of step {step + 1} was {loss}")
+        self.step, self.nodules, self.loss = step, nodules, loss
+
+
+def validation_mae(
+    predicted: np.ndarray, targets: np.ndarray, attributes: tuple[str, ...], classify_column: int | None = None
+) -> float:
+    """Model-selection criterion, lower is better: the mean over attributes of the MAE on the
+    original rating scales (``predicted``, ``targets``: (N, K) normalised).
+
+    With ``classify_column``: the mean MAE over the regressed attributes plus the mean BCE of
+    P(malignant) over the nodules not rated 3 (0 when every one is).
+    """
+    regressed = [k for k in range(len(attributes)) if k != classify_column]
+    names = tuple(attributes[k] for k in regressed)
+    criterion = mae_report(denormalise(predicted[:, regressed], names), denormalise(targets[:, regressed], names),
+                           names)["mean"] if regressed else 0.0
+    if classify_column is not None:
+        labels, keep = malignancy_labels(torch.as_tensor(targets[:, classify_column], dtype=torch.float32))
+        if keep.any():
+            probability = torch.as_tensor(predicted[:, classify_column], dtype=torch.float32)
+            criterion += F.binary_cross_entropy(probability[keep], labels[keep]).item()
+    return criterion
+
+
+# Modules whose code defines what training produces: the ones that write checkpoints (this
+# one; side_by_side.py trains folds side by side into the same checkpoints) and every package
+# module they import, read from the source like dvc.yaml's deps guard. DVC re-runs `train`
+# when they change; a checkpoint written by other code must then not be resumed.
+TRAINING_CODE = tuple(sorted({
+    p.relative_to(PACKAGE_DIR).as_posix() for writer in ("train.py", "side_by_side.py")
+    for p in import_closure(PACKAGE_DIR / writer)
+}))
 
 
 def training_code_digest(package_dir: Path = Path(__file__).parent) -> str:
@@ -148,8 +243,29 @@ def fingerprint(
     return h.hexdigest()
 
 
+def train_config_from_params(params: dict) -> TrainConfig:
+    """The :class:`TrainConfig` of validated params (:func:`nodule_net.params.load_params`)."""
+    train = params["train"]
+    return TrainConfig(
+        epochs=train["epochs"], lr=train["lr"], betas=tuple(train["betas"]), weight_decay=train["weight_decay"],
+        lambda_aux=params["lambda"], batch_nodules=train["batch_nodules"], augment=train["augment"],
+        device=train["device"], seed=params["seed"],
+    )
+
+
 def _torch_seed(seed: int, fold: int) -> int:
     return int(np.random.SeedSequence([seed, TRAIN_STREAM, fold]).generate_state(1)[0])
+
+
+def init_model(model_config: ModelConfig, seed: int, fold: int) -> NoduleNet:
+    """Fold ``fold``'s initial network (on the CPU), drawn from its own seed (seed, fold)."""
+    torch.manual_seed(_torch_seed(seed, fold))
+    return NoduleNet(model_config)
+
+
+def epoch_rng(train_config: TrainConfig, fold: int, epoch: int) -> np.random.Generator:
+    """The stream of fold ``fold``'s shuffling and augmentation in ``epoch``: (seed, stream, fold, epoch)."""
+    return np.random.default_rng([train_config.seed, TRAIN_STREAM, fold, epoch])
 
 
 def fit(
@@ -173,11 +289,10 @@ def fit(
     device = resolve_device(train_config.device)
     targets = targets_for(data, model_config.attribute)
     mean, std = normalisation_stats(data, parts["train"])
-    torch.manual_seed(_torch_seed(train_config.seed, fold))
-    model = NoduleNet(model_config).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=train_config.lr, betas=train_config.betas, weight_decay=train_config.weight_decay
-    )
+    model = init_model(model_config, train_config.seed, fold).to(device)
+    optimizer = make_optimizer(model.parameters(), train_config, device)
+    # Normalised once and kept on the device for the whole run (nodule_net.data).
+    train_set, val_set = (resident_nodules(data, parts[p], targets, mean, std, device) for p in ("train", "val"))
     run_id = fingerprint(data, parts, model_config, train_config, fold)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     start, best_state, best_epoch, best_mae, history = 0, None, 0, float("inf"), []
@@ -193,16 +308,24 @@ def fit(
             on_epoch(record)
     val_targets = targets[parts["val"]]
     for epoch in range(start + 1, train_config.epochs + 1):
-        rng = np.random.default_rng([train_config.seed, TRAIN_STREAM, fold, epoch])
-        batches = iterate_batches(
-            data, parts["train"], targets, mean, std, train_config.batch_nodules, rng, train_config.augment
-        )
+        batches = iterate_resident(train_set, train_config.batch_nodules, epoch_rng(train_config, fold, epoch),
+                                   train_config.augment)
         n_batches = -(-len(parts["train"]) // train_config.batch_nodules)
         bar = tqdm(batches, total=n_batches, desc=f"fold {fold} epoch {epoch}/{train_config.epochs}",
                    unit="batch", disable=not progress, leave=False)
-        train_loss = train_epoch(model, optimizer, bar, train_config.lambda_aux, device)
-        val_pred = predict(model, data, parts["val"], mean, std, train_config.batch_nodules, device)
-        record = EpochRecord(epoch, train_loss, validation_mae(val_pred.scores, val_targets, model_config.attributes))
+        try:
+            train_loss = train_epoch(model, optimizer, bar, train_config.lambda_aux, device)
+        except NonFiniteLoss as err:
+            raise ValueError(f"Fold {fold}, epoch {epoch}: {err} (nodule {', '.join(data.nodule_id[err.nodules])}); "
+                             "nothing was saved for this epoch — lower train.lr or check that nodule.") from None
+        val_pred = predict_resident(model, val_set, train_config.batch_nodules)
+        record = EpochRecord(epoch, train_loss, validation_mae(val_pred.scores, val_targets, model_config.attributes,
+                                                          model_config.classify_column))
+        if not np.isfinite(record.val_mae):
+            bad = ~(np.isfinite(val_pred.scores).all(axis=1) & np.isfinite(val_targets).all(axis=1))
+            raise ValueError(f"Fold {fold}, epoch {epoch}: the validation MAE is {record.val_mae} (first non-finite "
+                             f"prediction: nodule {data.nodule_id[parts['val'][int(np.argmax(bad))]]}); "
+                             "nothing was saved for this epoch — lower train.lr or check that nodule.")
         history.append(record)
         if record.val_mae < best_mae:  # strict: ties keep the earlier epoch
             best_mae, best_epoch = record.val_mae, epoch

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from nodule_net.files import check_writable
 from nodule_net.params import load_params, user_errors_exit
 from nodule_net.split import kfold_split, write_splits
 from nodule_net.store import read_dataset
@@ -19,19 +20,18 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where to write the folds (JSON)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    params = load_params(args.params)
-    folds = list(params["folds"])
-    if folds != list(range(len(folds))):
-        raise ValueError(f"folds={folds} must be 0, 1, ..., k-1; k = the number of folds.")
+    params = load_params(args.params)  # checks that folds is [0, ..., k-1]
+    folds = params["folds"]
 
     data = read_dataset(args.dataset)
+    check_writable(args.out, len(data) * 64)  # a JSON of nodule ids
     splits = kfold_split(
         data.nodule_id,
         data.patient_id,
         n_folds=len(folds),
-        seed=int(params["seed"]),
-        group_by_patient=bool(params["split"]["group_by_patient"]),
-        val_fraction=float(params["split"]["val_fraction"]),
+        seed=params["seed"],
+        group_by_patient=params["split"]["group_by_patient"],
+        val_fraction=params["split"]["val_fraction"],
     )
     write_splits(args.out, splits)
     sizes = ", ".join(f"{k}: {len(f['train'])}/{len(f['val'])}/{len(f['test'])}" for k, f in enumerate(splits["folds"]))

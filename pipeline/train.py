@@ -1,64 +1,87 @@
-"""DVC stage `train@<fold>`: train one cross-validation fold and keep its best-validation model.
+"""DVC stage `train@<fold>`: train cross-validation folds, side by side or one after another (`train.folds_together`).
 
-Params: seed, lambda, model.*, train.*. Logs per-epoch train loss and validation MAE with
-dvclive (for `dvc plots show`); checkpoints every epoch so an interrupted run resumes.
+Params: seed, lambda, folds, model.*, train.* (as `train@<fold>`, plus train.folds_together:
+auto = side by side on a CUDA GPU, one after another on a CPU). For every fold it writes
+what `train@<fold>` writes: <models>/fold<k>/model.pt, the dvclive folder <live>/fold<k>
+(curves and best-epoch summary) and the resumable checkpoint <checkpoints>/fold<k>.pt, so
+`evaluate`, `dvc plots` and `dvc metrics diff` see the same files and keys.
+
+With --fold k it writes fold k's model and curves only. Side by side it still trains every
+fold (they step together) and leaves their finished checkpoints behind, so the next
+`--fold j` finds fold j trained and only writes its outputs: `train@k` stages can keep
+their per-fold outs with this script as their command.
 """
 
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
+from pathlib import Path
 
 from dvclive import Live
 
-from nodule_net.model import ModelConfig
+from nodule_net.checkpoint import model_path
+from nodule_net.device import resolve_device
+from nodule_net.files import check_writable
+from nodule_net.model import ModelConfig, NoduleNet
 from nodule_net.params import load_params, user_errors_exit
+from nodule_net.side_by_side import folds_together, train_folds
 from nodule_net.split import fold_indices, read_splits
 from nodule_net.store import read_dataset
-from nodule_net.checkpoint import model_path
-from nodule_net.train import EpochRecord, TrainConfig, fit, save_model
+from nodule_net.train import EpochRecord, save_model, train_config_from_params
 
 
-@user_errors_exit
+@user_errors_exit(interrupted="interrupted; `dvc repro` resumes from the last epoch")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", required=True, help="the extracted nodule dataset (HDF5)")
     parser.add_argument("--splits", required=True, help="the folds written by the split stage (JSON)")
-    parser.add_argument("--fold", type=int, required=True)
     parser.add_argument("--models", required=True, help="folder of per-fold model folders")
-    parser.add_argument("--checkpoint", required=True, help="resumable checkpoint (kept outside DVC's outs)")
-    parser.add_argument("--live", required=True, help="dvclive folder for this fold's curves")
+    parser.add_argument("--checkpoints", required=True, help="folder of per-fold checkpoints (outside DVC's outs)")
+    parser.add_argument("--live", required=True, help="folder of per-fold dvclive folders")
+    parser.add_argument("--fold", type=int, help="write only this fold's model and curves (default: every fold's)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_params(args.params)
     model_config = ModelConfig(**params["model"])
-    train = params["train"]
-    train_config = TrainConfig(
-        epochs=int(train["epochs"]),
-        lr=float(train["lr"]),  # float(): "1e-4" without a dot is a string to YAML 1.1
-        betas=tuple(float(b) for b in train["betas"]),
-        weight_decay=float(train["weight_decay"]),
-        lambda_aux=float(params["lambda"]),
-        batch_nodules=int(train["batch_nodules"]),
-        augment=bool(train["augment"]),
-        device=str(train["device"]),
-        seed=int(params["seed"]),
-    )
+    train_config = train_config_from_params(params)
+    folds = params["folds"]
+    if args.fold is not None and args.fold not in folds:
+        raise ValueError(f"--fold {args.fold} is not among the params' folds {folds}.")
+    written = folds if args.fold is None else [args.fold]
+    together = folds_together(params["train"]["folds_together"], resolve_device(train_config.device),
+                              train_config.batch_nodules)
+    trained = folds if together else written
+    checkpoints = {k: Path(args.checkpoints) / f"fold{k}.pt" for k in trained}
+    # The weights' size (not on the meta device: initialising there imports torch._dynamo, seconds).
+    weights = sum(p.numel() * p.element_size() for p in NoduleNet(model_config).parameters())
+    for k in trained:  # before any epoch: a checkpoint holds the model, the best model and Adam's two moments
+        check_writable(checkpoints[k], 4 * weights)
+    for k in written:
+        check_writable(model_path(args.models, k), weights)
+        check_writable(Path(args.live) / f"fold{k}" / "metrics.json")
 
     data = read_dataset(args.dataset)
-    parts = fold_indices(read_splits(args.splits), args.fold, data.nodule_id)
-    with Live(args.live, dvcyaml=None, save_dvc_exp=False) as live:
+    splits = read_splits(args.splits)
+    fold_parts = {k: fold_indices(splits, k, data.nodule_id) for k in trained}
+    with ExitStack() as stack:
+        lives = {k: stack.enter_context(Live(str(Path(args.live) / f"fold{k}"), dvcyaml=None, save_dvc_exp=False))
+                 for k in written}
 
-        def log(record: EpochRecord) -> None:
-            live.step = record.epoch
-            live.log_metric("train_loss", record.train_loss)
-            live.log_metric("val_mae", record.val_mae)
-            live.next_step()
+        def log(fold: int, record: EpochRecord) -> None:
+            if (live := lives.get(fold)) is not None:
+                live.step = record.epoch
+                live.log_metric("train_loss", record.train_loss)
+                live.log_metric("val_mae", record.val_mae)
+                live.next_step()
 
-        result = fit(data, parts, model_config, train_config, args.fold, args.checkpoint, on_epoch=log)
-        live.summary["best_epoch"] = result.best_epoch
-        live.summary["best_val_mae"] = result.best_val_mae
-    save_model(model_path(args.models, args.fold), result, model_config, args.fold)
-    print(f"fold {args.fold}: best validation MAE {result.best_val_mae:.4f} at epoch {result.best_epoch}")
+        results = train_folds(data, fold_parts, model_config, train_config, together, checkpoints, on_epoch=log)
+        for k in written:
+            lives[k].summary["best_epoch"] = results[k].best_epoch
+            lives[k].summary["best_val_mae"] = results[k].best_val_mae
+    for k in written:
+        save_model(model_path(args.models, k), results[k], model_config, k)
+        print(f"fold {k}: best validation MAE {results[k].best_val_mae:.4f} at epoch {results[k].best_epoch}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """Phantom → extract round trip, the HDF5 contract, and bad input."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pydicom
 import pytest
+import yaml
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from nodule_net.attributes import PYLIDC_FIELDS
 from nodule_net.dicom import DicomError, read_hu
@@ -89,7 +93,7 @@ def test_failed_write_leaves_no_file(tiny_extracted, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_duplicate_z_keeps_lower_instance_number(tiny_phantom, tiny_scans, tmp_path):
+def test_duplicate_z_keeps_lower_instance_number_and_is_counted(tiny_phantom, tiny_scans, tmp_path, caplog):
     root = tmp_path / "root"
     shutil.copytree(tiny_phantom, root)
     scan = tiny_scans[0]
@@ -102,13 +106,20 @@ def test_duplicate_z_keeps_lower_instance_number(tiny_phantom, tiny_scans, tmp_p
     ds.InstanceNumber = ds.InstanceNumber + 1000
     ds.PixelData = np.full((512, 512), 3000, np.int16).tobytes()
     ds.save_as(folder / "dup_high.dcm")
-    data, _ = extract(root, [scan], ExtractConfig(), source="phantom", progress=False)
+    data, stats = extract(root, [scan], ExtractConfig(), source="phantom", progress=False)
     assert data.slices(0).max() < 2000
+    z = float(scan.slice_zvals[k])
+    assert stats["duplicate_slice_positions"] == {
+        "count": 1, "scans": {f"{scan.patient_id}/s{scan.scan_id}": [
+            {"z": z, "kept": original.name, "dropped": ["dup_high.dcm"]}]}}
+    assert any("more than one slice" in r.message and "dup_high.dcm" in r.message for r in caplog.records)
     # ... and the same slice with a lower InstanceNumber wins.
     ds.InstanceNumber = 0
     ds.save_as(folder / "dup_low.dcm")
-    data, _ = extract(root, [scan], ExtractConfig(), source="phantom", progress=False)
+    data, stats = extract(root, [scan], ExtractConfig(), source="phantom", progress=False)
     assert data.slices(0)[0].min() > 1900
+    (entry,) = stats["duplicate_slice_positions"]["scans"][f"{scan.patient_id}/s{scan.scan_id}"]
+    assert entry["kept"] == "dup_low.dcm" and entry["dropped"] == [original.name, "dup_high.dcm"]
 
 
 def test_missing_root_is_fatal_and_named(tiny_scans, tmp_path):
@@ -122,25 +133,120 @@ def _copy(tiny_phantom, tmp_path):
     return root
 
 
-def test_absent_series_directory_is_a_counted_skip(tiny_phantom, tiny_scans, tmp_path):
+def test_root_with_some_patients_lists_the_missing_and_extracts_the_rest(tiny_phantom, tiny_scans, tmp_path,
+                                                                       monkeypatch, caplog):
+    import nodule_net.extract as extract_module
+    from nodule_net.lidc import resolve_patients, scans_for_patients
+
+    requested = scans_for_patients(resolve_patients(12), "first")  # the tiny phantom holds 2 of them
+    clustered = []  # pylidc's clustering is the slow part of a scan: never for a missing one
+    real = extract_module.scan_nodules
+    monkeypatch.setattr(extract_module, "scan_nodules",
+                        lambda scan_id, **kw: clustered.append(scan_id) or real(scan_id, **kw))
+    data, stats = extract(tiny_phantom, requested, ExtractConfig(), source="lidc", progress=False)
+    assert len(data) == 5 and sorted(clustered) == [s.scan_id for s in tiny_scans]
+    present = {s.patient_id for s in tiny_scans}
+    assert stats["missing"] == {"patients": sorted({s.patient_id for s in requested} - present),
+                                "scans": [f"{s.patient_id}/s{s.scan_id}" for s in requested
+                                          if s.patient_id not in present]}
+    assert len(stats["missing"]["patients"]) == 10 and stats["skipped"]["details"] == []
+    # One line says it all; no warning per missing scan.
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"2 of 12 patients and 2 of 12 scans found under {tiny_phantom}; the 10 missing patients and 10 missing "
+        "scans are listed in the dataset statistics (missing)."]
+
+
+def test_missing_series_of_a_present_patient_is_listed(tiny_phantom, tiny_scans, tmp_path):
     root = _copy(tiny_phantom, tmp_path)
-    shutil.rmtree(root / tiny_scans[0].patient_id)
+    first = tiny_scans[0]
+    shutil.rmtree(root / first.patient_id / first.study_uid)
+    (root / first.patient_id / "1.2.3" / "4.5.6").mkdir(parents=True)  # another study of theirs
     data, stats = extract(root, tiny_scans, ExtractConfig(), source="lidc", progress=False)
-    assert len(data) == 4
-    assert stats["skipped"]["scans"] == 1 and stats["skipped"]["nodules"] == 1
-    assert tiny_scans[0].patient_id in stats["skipped"]["details"][0]["reason"]
+    assert len(data) == 4  # LIDC-IDRI-0003's four nodules
+    assert stats["missing"] == {"patients": [], "scans": [f"{first.patient_id}/s{first.scan_id}"]}
+    assert stats["skipped"]["scans"] == 0
 
 
-def test_corrupt_dcm_is_a_skip_naming_the_file(tiny_phantom, tiny_scans, tmp_path):
+def test_root_without_any_requested_patient_is_fatal_and_named(tiny_scans, tmp_path):
+    (tmp_path / "LIDC-IDRI-0999").mkdir()
+    with pytest.raises(DicomError, match=rf"None of the 2 requested scans .* under {re.escape(str(tmp_path))};"):
+        extract(tmp_path, tiny_scans, ExtractConfig(), source="lidc", progress=False)
+
+
+def _series_file(root, scan, k):
+    return root / scan.patient_id / scan.study_uid / scan.series_uid / scan.file_names[k]
+
+
+def test_corrupt_dcm_skips_the_nodules_that_need_it_naming_the_file(tiny_phantom, tiny_scans, tmp_path):
     root = _copy(tiny_phantom, tmp_path)
     scan = tiny_scans[1]
-    bad = root / scan.patient_id / scan.study_uid / scan.series_uid / scan.file_names[
-        int(scan_nodules(scan.scan_id)[0].positive_slices[0])]
+    nodules = scan_nodules(scan.scan_id)
+    k = int(nodules[0].positive_slices[0])
+    users = [n.nodule_id for n in nodules if k in n.positive_slices]
+    bad = _series_file(root, scan, k)
     bad.write_bytes(b"not a dicom file at all")
     data, stats = extract(root, tiny_scans, ExtractConfig(), source="lidc", progress=False)
-    assert len(data) == 1  # the other patient's nodule
-    reason = stats["skipped"]["details"][0]["reason"]
-    assert bad.name in reason and "re-download" in reason
+    assert len(data) == 5 - len(users)  # the scan's other nodules are still extracted
+    assert stats["skipped"]["files"] == 1 and stats["skipped"]["nodules"] == len(users)
+    details = stats["skipped"]["details"]
+    assert {"file": str(bad), "reason": details[0]["reason"]} in details
+    for d in details:
+        assert bad.name in d["reason"] and "re-download" in d["reason"]
+
+
+def test_truncated_deflated_dcm_is_a_skip_not_a_crash(tiny_phantom, tiny_scans, tmp_path):
+    root = _copy(tiny_phantom, tmp_path)
+    scan = tiny_scans[0]  # one nodule
+    k = int(scan_nodules(scan.scan_id)[0].positive_slices[-1])
+    bad = _series_file(root, scan, k)
+    ds = pydicom.dcmread(bad)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(bad, enforce_file_format=True)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # zlib.error on reading
+    data, stats = extract(root, tiny_scans, ExtractConfig(), source="lidc", progress=False)
+    assert len(data) == 4 and scan.scan_id not in data.scan_id.tolist()
+    skipped = stats["skipped"]
+    assert (skipped["files"], skipped["nodules"], skipped["scans"]) == (1, 1, 0)
+    file_skip, nodule_skip = skipped["details"]
+    assert file_skip["file"] == str(bad) and "error" in file_skip["reason"]
+    assert nodule_skip["nodule"] == f"{scan.patient_id}/s{scan.scan_id}/n0"
+    assert f"slice {k}" in nodule_skip["reason"] and "cannot be read" in nodule_skip["reason"]
+
+
+def test_truncated_uncompressed_dcm_skips_its_nodule(tiny_phantom, tiny_scans, tmp_path):
+    root = _copy(tiny_phantom, tmp_path)
+    scan = tiny_scans[0]
+    k = int(scan_nodules(scan.scan_id)[0].positive_slices[-1])
+    bad = _series_file(root, scan, k)
+    bad.write_bytes(bad.read_bytes()[:-5000])  # the header is whole, the pixel data is not
+    data, stats = extract(root, tiny_scans, ExtractConfig(), source="lidc", progress=False)
+    assert len(data) == 4 and scan.scan_id not in data.scan_id.tolist()
+    (detail,) = stats["skipped"]["details"]
+    assert detail["nodule"] == f"{scan.patient_id}/s{scan.scan_id}/n0"
+    assert f"{bad}: cannot decode pixel data" in detail["reason"]
+
+
+def test_stray_non_dicom_file_is_a_skipped_file_and_the_scan_extracts(tiny_phantom, tiny_scans, tmp_path):
+    root = _copy(tiny_phantom, tmp_path)
+    scan = tiny_scans[1]
+    stray = root / scan.patient_id / scan.study_uid / scan.series_uid / "x.dcm"
+    stray.write_text("reader notes\n")
+    data, stats = extract(root, tiny_scans, ExtractConfig(), source="lidc", progress=False)
+    assert len(data) == 5
+    assert stats["skipped"]["files"] == 1 and stats["skipped"]["nodules"] == 0 and stats["skipped"]["scans"] == 0
+    (detail,) = stats["skipped"]["details"]
+    assert detail["file"] == str(stray) and "not a DICOM file" in detail["reason"]
+
+
+def test_newer_tcia_layout_extracts(tiny_phantom, tiny_scans, tmp_path):
+    root = _copy(tiny_phantom, tmp_path)
+    for scan in tiny_scans:  # TCIA's newer folder names: dates and descriptions, not UIDs
+        patient = root / scan.patient_id
+        study = patient / "01-01-2000-NA-30178"
+        (patient / scan.study_uid).rename(study)
+        (study / scan.series_uid).rename(study / "3000566.000000-03192")
+    data, stats = extract(root, tiny_scans, ExtractConfig(), source="lidc", progress=False)
+    assert len(data) == 5 and stats["missing"] == {"patients": [], "scans": []}
 
 
 def test_missing_slice_skips_only_that_nodule(tiny_phantom, tiny_scans, tmp_path):
@@ -159,15 +265,16 @@ def test_missing_slice_skips_only_that_nodule(tiny_phantom, tiny_scans, tmp_path
 
 
 def test_stage_script_reports_user_errors_in_one_line(tmp_path):
+    values = yaml.safe_load(Path("params.yaml").read_text())  # the project's, with one mistake
+    values["data"].update(source="lidc", lidc_root=None)
     params = tmp_path / "params.yaml"
-    params.write_text("seed: 0\ndata: {source: lidc, lidc_root: null}\n"
-                      "extract: {scans_per_patient: first, clevel: 0.5, extent_fraction: 0.8, size: 64, workers: 1}\n")
+    params.write_text(yaml.safe_dump(values))
     out = subprocess.run([sys.executable, "pipeline/extract.py", "--phantom-root", str(tmp_path), "--out",
                           str(tmp_path / "n.h5"), "--stats", str(tmp_path / "s.json"), "--params", str(params)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [
-        "error: data.source is lidc but data.lidc_root is not set; run with -S data.lidc_root=/path/to/LIDC-IDRI."]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "data.lidc_root" in line
     assert not (tmp_path / "n.h5").exists()
 
 

@@ -10,10 +10,12 @@ from nodule_net.model import (
     VARIANTS,
     ModelConfig,
     NoduleNet,
+    StackedLinear,
     pad_volumes,
     segment_mean,
     segment_softmax,
 )
+from nodule_net.reference import ReferenceNoduleNet
 
 VARIANTS_2D = tuple(v for v in VARIANTS if v != "3d")
 # Heavy full-size forwards only on a few depths: 1 slice, 2, a typical 7, LIDC's deepest 45.
@@ -158,9 +160,21 @@ def test_init_follows_the_paper() -> None:
     conv = model.backbone.features[-2]  # last 3×3 conv, 256→256: He std = sqrt(2 / (256·9))
     assert isinstance(conv, torch.nn.Conv2d)
     assert conv.weight.std().item() == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.05)
-    fc = model.head.fc1[0]  # 256→256: Xavier-uniform bound sqrt(6 / 512)
-    assert fc.weight.abs().max().item() <= (6 / 512) ** 0.5
-    assert fc.weight.std().item() == pytest.approx((2 / 512) ** 0.5, rel=0.05)
+    # Every per-attribute layer, slice by slice: Xavier-uniform with that slice's own fans,
+    # i.e. U(±√(6 / (in + out))), std bound/√3, zero biases; and no two attributes alike.
+    stacked = {name: m for name, m in model.named_modules() if isinstance(m, StackedLinear)}
+    assert set(stacked) == {"ascmm.specialise", "ascmm.aux", "caam.fc1", "caam.fc2", "head.fc1", "head.fc2"}
+    for name, layer in stacked.items():
+        k, fan_out, fan_in = layer.weight.shape
+        assert k == N_ATTRIBUTES
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        for w in layer.weight:
+            assert w.abs().max().item() <= bound
+            assert w.abs().max().item() > 0.9 * bound, name  # the whole range is used (≥ 128 draws)
+            assert w.std().item() == pytest.approx(bound / 3**0.5, rel=0.15 if w.numel() < 1000 else 0.05), name
+        assert not torch.equal(layer.weight[0], layer.weight[1])
+        if layer.bias is not None:
+            assert (layer.bias == 0).all()
 
 
 @pytest.mark.parametrize(
@@ -171,3 +185,102 @@ def test_init_follows_the_paper() -> None:
 def test_config_rejects_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ModelConfig(**kwargs)
+
+
+# --- the batched attribute layers against the per-attribute reference -------------------------
+
+
+def test_stacked_linear_equals_k_separate_linears() -> None:
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(5, 3) for _ in range(4)]
+    layer = StackedLinear(4, 5, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack([m.weight for m in linears]))
+        layer.bias.copy_(torch.stack([m.bias for m in linears]))
+    x = torch.randn(2, 6, 4, 5)  # (..., K, in): attribute k's own input
+    torch.testing.assert_close(layer(x), torch.stack([m(x[..., k, :]) for k, m in enumerate(linears)], dim=-2))
+    shared = torch.randn(7, 5)  # (..., in): the same input for every attribute
+    torch.testing.assert_close(layer.shared(shared), torch.stack([m(shared) for m in linears], dim=-2))
+
+
+def reference_and_batched(config: ModelConfig, seed: int = 0) -> tuple[ReferenceNoduleNet, NoduleNet]:
+    """A per-attribute model and a batched one holding the same weights (loaded through the old-layout mapping)."""
+    torch.manual_seed(seed)
+    reference = ReferenceNoduleNet(config)
+    batched = NoduleNet(config)
+    batched.load_state_dict(reference.state_dict())
+    return reference, batched
+
+
+def stacked_grads(reference: ReferenceNoduleNet) -> dict[str, torch.Tensor]:
+    """The reference's gradients in the batched layout, through the same mapping as its weights."""
+    holder = NoduleNet(reference.config)
+    holder.load_state_dict({name: p.grad for name, p in reference.named_parameters()})
+    return {name: p.detach() for name, p in holder.named_parameters()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("depths", [[4], [3, 1, 5]])
+def test_batched_layers_equal_the_per_attribute_reference(variant: str, depths: list[int]) -> None:
+    config = ModelConfig(variant=variant, depth_3d=8, sam_hidden=32, caam_hidden=32, head_hidden=64)
+    reference, batched = reference_and_batched(config)
+    images, segment_ids = packed(depths, size=16, seed=1)
+    targets = torch.rand(len(depths), N_ATTRIBUTES, generator=torch.Generator().manual_seed(2))
+    outputs = []
+    for model in (reference, batched):
+        out = model(images, segment_ids, len(depths))
+        loss = ((out.scores - targets) ** 2).sum() + (0.1 * ((out.aux_scores - targets) ** 2).sum()
+                                                      if out.aux_scores is not None else 0)
+        loss.backward()
+        outputs.append(out)
+    for field, ref in outputs[0]._asdict().items():
+        assert (ref is None) == (getattr(outputs[1], field) is None)
+        if ref is not None:
+            torch.testing.assert_close(getattr(outputs[1], field), ref)
+    expected = stacked_grads(reference)
+    names = [name for name, _ in batched.named_parameters()]
+    assert names == list(expected)  # every parameter has a counterpart in the reference
+    for name, p in batched.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_old_layout_keys_map_onto_the_stacked_ones() -> None:
+    reference, batched = reference_and_batched(ModelConfig(variant="full"))
+    old = reference.state_dict()
+    assert "ascmm.specialise.3.weight" in old and "caam.units.2.fc1.weight" in old and "head.fc1.4.weight" in old
+    new = batched.state_dict()
+    assert "head.fc1.weight" in new and not any(".units." in key or ".fc1.4." in key for key in new)
+    assert torch.equal(new["ascmm.specialise.weight"][3], old["ascmm.specialise.3.weight"])
+    assert torch.equal(new["ascmm.aux.weight"][8], old["ascmm.aux.8.weight"])
+    assert torch.equal(new["caam.fc1.weight"][2], old["caam.units.2.fc1.weight"])
+    assert torch.equal(new["caam.fc2.bias"][5], old["caam.units.5.fc2.bias"])
+    assert torch.equal(new["head.fc1.bias"][4], old["head.fc1.4.bias"])
+    assert torch.equal(new["head.fc2.weight"][0], old["head.fc2.0.weight"])
+    assert len(old) == 2 * 10 + 4 + 27 + 36 + 27 and len(new) == 2 * 10 + 4 + 3 + 4 + 3
+    assert "ascmm.specialise.3.weight" in old  # load_state_dict did not consume the caller's dict
+
+
+def test_old_model_file_loads(tmp_path) -> None:
+    """A model file written before the layers were batched (per-attribute keys) loads and predicts the same."""
+    from dataclasses import asdict
+
+    from nodule_net.checkpoint import save_model
+    from nodule_net.inference import load_model
+
+    config = ModelConfig(variant="caam_ascmm", attribute=None)
+    torch.manual_seed(3)
+    reference = ReferenceNoduleNet(config).eval()
+    save_model(tmp_path / "model.pt", reference.state_dict(), asdict(config), -500.0, 300.0, 0, 4, 0.5)
+    loaded = load_model(tmp_path / "model.pt", torch.device("cpu"))
+    images, segment_ids = packed([2, 5], size=16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(images, segment_ids).scores, reference(images, segment_ids).scores)
+    assert (loaded.mean, loaded.std) == (-500.0, 300.0)
+
+
+def test_a_state_dict_with_a_missing_attribute_is_still_an_error() -> None:
+    reference, batched = reference_and_batched(ModelConfig(variant="none"))
+    state = reference.state_dict()
+    del state["head.fc1.8.weight"]  # only 8 of 9 attributes: stacks to the wrong shape
+    with pytest.raises(RuntimeError, match="head.fc1.weight"):
+        batched.load_state_dict(state)

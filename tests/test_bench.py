@@ -1,0 +1,147 @@
+"""`nodule-net bench`: the operator counter, the depth sampler, the projection, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nodule_net.bench import (
+    LIDC_SLICES_PER_NODULE,
+    Plan,
+    Protocol,
+    count_ops,
+    format_bench,
+    lidc_depth_mean,
+    project_protocol,
+    run_bench,
+    sample_depths,
+)
+from nodule_net.cli import main
+from nodule_net.model import ModelConfig
+
+TINY = dict(widths=(4, 8), convs_per_stage=(1, 1), sam_hidden=8, caam_hidden=8, head_hidden=16)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_counter_counts_outermost_aten_ops_by_region() -> None:
+    w = torch.ones(3, requires_grad=True)
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    x = torch.ones(2, 3)
+
+    def step() -> None:
+        # forward: linear (its t/matmul inside are not outermost), sum; backward() adds ones_like
+        loss = torch.nn.functional.linear(x, w[None]).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    counts = count_ops(step)
+    # Forward: unsqueeze (w[None]), linear, sum, and the ones_like seed of backward().
+    assert counts["forward"] == 4
+    # Backward: sum's expand; linear's mm, its t, and the transposes around it; unsqueeze's squeeze;
+    # AccumulateGrad's detach. Whatever the exact list, no inner op may be counted twice:
+    assert counts["backward"] >= 4
+    assert counts["optimizer"] >= 1  # SGD's add_ (foreach or not)
+    assert counts["total"] == counts["forward"] + counts["backward"] + counts["optimizer"]
+
+
+def test_counter_does_not_count_nested_aten_ops() -> None:
+    x = torch.ones(4, 4)
+    assert count_ops(lambda: torch.nn.functional.linear(x, x))["total"] == 1  # aten::linear only
+    assert count_ops(lambda: (x + 1).exp_().sum())["forward"] == 3
+
+
+def test_counter_reproduces_the_issue_s_count_for_a_foreach_adam() -> None:
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    x = torch.ones(2, 3)
+    step_counts = {}
+    for name, kwargs in (("foreach", dict(foreach=True)), ("fused", dict(fused=True))):
+        optimizer = torch.optim.Adam(layers.parameters(), **kwargs)
+
+        def step() -> None:
+            loss = layers(x).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step()
+        step_counts[name] = count_ops(step)
+    # The same forward and backward, only the optimiser differs; fused Adam is one kernel call
+    # plus the step-counter increment.
+    assert step_counts["foreach"]["forward"] == step_counts["fused"]["forward"] == 5  # linear, relu, linear, sum, ones_like
+    assert step_counts["foreach"]["backward"] == step_counts["fused"]["backward"]
+    assert step_counts["fused"]["optimizer"] == 2
+    assert step_counts["foreach"]["optimizer"] > 4 + 2 * 4  # foreach ops plus bias corrections per tensor (.item())
+
+
+def test_lidc_depth_table_matches_the_paper() -> None:
+    assert min(LIDC_SLICES_PER_NODULE) == 1 and max(LIDC_SLICES_PER_NODULE) == 45
+    assert sum(LIDC_SLICES_PER_NODULE.values()) == 2625
+    assert lidc_depth_mean() == pytest.approx(5.6, abs=0.05)
+
+
+@pytest.mark.parametrize("n", [12, 48, 300])
+def test_sampled_depths_follow_lidc(n: int) -> None:
+    depths = sample_depths(n, seed=0)
+    assert len(depths) == n and depths.min() >= 1 and depths.max() <= 45
+    assert depths.sum() == round(n * lidc_depth_mean())  # LIDC's slices per nodule, to rounding
+    assert np.median(depths) == pytest.approx(np.median(np.repeat(*zip(*LIDC_SLICES_PER_NODULE.items()))), abs=1)
+    assert {2, 3} <= set(depths.tolist())  # the commonest depths are there
+    np.testing.assert_array_equal(sample_depths(n, seed=0), depths)  # seeded
+    assert not np.array_equal(sample_depths(n, seed=1), depths) and sorted(sample_depths(n, seed=1)) == sorted(depths)
+
+
+def test_sampler_on_a_small_table() -> None:
+    table = {1: 2, 2: 1, 9: 1}  # mean 13/4
+    depths = sample_depths(4, table=table)
+    assert sorted(depths.tolist()) == [1, 1, 2, 9]  # the quantiles already give the mean
+    assert sample_depths(2, table=table).sum() == round(2 * 13 / 4)  # 6 or 7: raised within 1..9
+
+
+def test_protocol_projection_arithmetic() -> None:
+    hours = project_protocol(train_nodules_per_s=10.0, val_nodules_per_s=100.0)
+    assert hours["train_h"] == pytest.approx(5 * 150 * 2100 / 10 / 3600)  # 43.75 h
+    assert hours["validation_h"] == pytest.approx(5 * 150 * 210 / 100 / 3600)
+    assert hours["total_h"] == pytest.approx(43.75 + 0.4375)
+    small = project_protocol(1.0, 1.0, Protocol(folds=1, epochs=2, train_nodules=3600, val_nodules=0))
+    assert small == {"train_h": 2.0, "validation_h": 0.0, "total_h": 2.0}
+
+
+def test_quick_bench_on_a_tiny_model_runs_and_reports_both_paths() -> None:
+    plan = Plan(nodules={1: 4, 2: 4}, rounds=1, optimizer_steps=1, reference_at=(1,))  # as --quick
+    result = run_bench(torch.device("cpu"), plan, ModelConfig(variant="full", **TINY), size=16)
+    json.dumps(result)  # --json output
+    assert result["environment"]["torch"] == torch.__version__ and result["environment"]["dtype"] == "float32"
+    one = result["batches"]["1"]
+    ops = result["ops_per_step"]
+    assert ops["batched"]["total"] < ops["reference"]["total"]  # fewer, batched attribute layers
+    assert ops["reference_foreach_adam"]["forward"] == ops["reference"]["forward"]
+    assert ops["batched"]["optimizer"] == 2  # fused Adam on the CPU
+    for b, paths in (("1", {"batched", "reference"}), ("2", {"batched"})):
+        entry = result["batches"][b]
+        assert entry["nodules"] == 4 and entry["slices"] == round(4 * lidc_depth_mean())
+        for kind in ("training", "inference"):
+            assert set(entry[kind]) - {"speedup"} == paths
+            for path in paths:
+                speed = entry[kind][path]
+                assert speed["nodules_per_s"] > 0
+                assert speed["slices_per_s"] == pytest.approx(speed["nodules_per_s"] * entry["slices"] / 4)
+        assert result["batches"]["1"]["training"]["speedup"] == pytest.approx(
+            one["training"]["reference"]["seconds"] / one["training"]["batched"]["seconds"])
+    projection = result["projection"]["batched"]
+    assert projection["train_h"] == pytest.approx(5 * 150 * 2100 / one["training"]["batched"]["nodules_per_s"] / 3600)
+    text = format_bench(result)
+    assert "training, 1 per step" in text and "reference_foreach_adam" in text and "projected" in text
+
+
+def test_cli_bench_rejects_a_missing_gpu(capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit):
+        main(["bench", "--device", "cuda", "--quick"])
+    assert "no CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,209 @@
+"""params.yaml's schema, and the stage/CLI entry wrapper: one-line errors, Ctrl-C, the checkout's own code."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nodule_net.params import REQUIRED, SCHEMA, load_params, user_errors_exit, validate_params
+
+REPO = Path(__file__).resolve().parents[1]
+RAW = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def with_change(change: dict[str, object], drop: tuple[str, ...] = ()) -> dict:
+    """params.yaml's raw dict with dotted ``change``s set and ``drop`` keys removed."""
+    raw = copy.deepcopy(RAW)
+    for key, value in change.items():
+        *sections, name = key.split(".")
+        node = raw
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[name] = value
+    for key in drop:
+        *sections, name = key.split(".")
+        node = raw
+        for s in sections:
+            node = node[s]
+        del node[name]
+    return raw
+
+
+def test_every_key_of_params_yaml_and_readme_is_in_the_schema() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params["train"]["lr"] == 1e-4 and params["extract"]["image_side"] == 64 and params["folds"] == [0, 1, 2, 3, 4]
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Parameters"):].split("\n## ")[0]
+    readme_keys = set()
+    for line in table.splitlines():
+        if line.startswith("| `"):  # "| `train.lr`, `train.betas` | ..."
+            readme_keys |= {k for k in line.split("|")[1].replace("`", "").replace(",", " ").split()}
+    assert readme_keys <= set(SCHEMA), f"README documents keys the schema rejects: {readme_keys - set(SCHEMA)}"
+    required = {key for key, param in SCHEMA.items() if param.default is REQUIRED}
+    assert required <= readme_keys, f"README's Parameters table lacks {required - readme_keys}"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"extract.clevel": 1.5}, "params.yaml: extract.clevel = 1.5 is not allowed; it must be a number in (0, 1]."),
+    ({"extract.clevel": 0}, "params.yaml: extract.clevel = 0 is not allowed; it must be a number in (0, 1]."),
+    ({"extract.image_side": 4}, "params.yaml: extract.image_side = 4 is not allowed; it must be an integer ≥ 8."),
+    ({"extract.image_side": 64.0}, "params.yaml: extract.image_side = 64.0 is not allowed; it must be an integer ≥ 8."),
+    ({"train.epochs": 1.5}, "params.yaml: train.epochs = 1.5 is not allowed; it must be an integer ≥ 1."),
+    ({"train.epochs": True}, "params.yaml: train.epochs = True is not allowed; it must be an integer ≥ 1."),
+    ({"lambda": "abc"}, "params.yaml: lambda = 'abc' is not allowed; it must be a number ≥ 0."),
+    ({"seed": -1}, "params.yaml: seed = -1 is not allowed; it must be an integer ≥ 0."),
+    ({"train.lr": "nan"}, "params.yaml: train.lr = 'nan' is not allowed; it must be a number > 0."),
+    ({"folds": [0, 2]}, "params.yaml: folds = [0, 2] is not allowed; it must be the list [0, 1, ..., k-1] with k ≥ 2"),
+    ({"train.device": "gpu"}, "params.yaml: train.device = 'gpu' is not allowed; it must be auto | cpu | cuda | cuda:N."),
+    ({"model.malignancy": "both"}, "model.malignancy = 'both' is not allowed; it must be one of regress | classify."),
+    ({"train.precision": "fp16"}, "train.precision = 'fp16' is not allowed; it must be one of fp32 | bf16."),
+    ({"train.epoch": 3}, "params.yaml: unknown key 'train.epoch'; did you mean 'train.epochs'?"),
+    ({"trian": {"epochs": 3}}, "params.yaml: unknown key 'trian'; did you mean 'train'?"),
+    ({"extract.size": 32}, "params.yaml: extract.size was renamed to extract.image_side"),
+    ({"train": 3}, "params.yaml: train must be a section of keys"),
+])
+def test_bad_values_and_keys_fail_with_one_line_naming_them(change: dict, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        validate_params(with_change(change), "params.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_missing_required_key_is_named_and_optional_keys_take_their_defaults() -> None:
+    with pytest.raises(ValueError, match=r"missing key train\.epochs \(it must be an integer ≥ 1\)"):
+        validate_params(with_change({}, drop=("train.epochs",)))
+    params = validate_params(with_change({}, drop=("model.malignancy",)))
+    assert params["model"]["malignancy"] == "regress" and params["train"]["precision"] == "fp32"
+
+
+def test_values_come_back_typed() -> None:
+    """YAML 1.1 reads 1e-4 (no dot) as a string; numeric strings become floats, ints stay ints."""
+    params = validate_params(with_change({"train.lr": "1e-4", "train.betas": ["0.5", 0.9], "lambda": 1}))
+    assert params["train"]["lr"] == 1e-4 and isinstance(params["train"]["lr"], float)
+    assert params["train"]["betas"] == [0.5, 0.9] and params["lambda"] == 1.0 and isinstance(params["lambda"], float)
+    assert params["phantom"]["patients"] == 50
+    assert validate_params(with_change({"phantom.patients": ["LIDC-IDRI-0001"]}))["phantom"]["patients"] == [
+        "LIDC-IDRI-0001"]
+
+
+def test_model_variant_choices_match_the_model() -> None:
+    from nodule_net.model import VARIANTS
+
+    for variant in VARIANTS:
+        assert validate_params(with_change({"model.variant": variant}))["model"]["variant"] == variant
+    with pytest.raises(ValueError, match="model.variant"):
+        validate_params(with_change({"model.variant": "4d"}))
+    assert SCHEMA["model.variant"].rule.allowed == "one of " + " | ".join(VARIANTS)
+
+
+def test_invalid_yaml_is_one_line(tmp_path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\ntrain: [unclosed\n")
+    with pytest.raises(ValueError, match=r"params.yaml: not valid YAML at line \d+") as err:
+        load_params(path)
+    assert "\n" not in str(err.value)
+
+
+def test_wrapper_turns_errors_and_ctrl_c_into_one_line(capsys) -> None:
+    @user_errors_exit
+    def fails() -> None:
+        raise ValueError("params.yaml: seed = -1 is not allowed")
+
+    @user_errors_exit(interrupted="interrupted; `dvc repro` resumes from the last epoch")
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        fails()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: params.yaml: seed = -1 is not allowed\n"
+    with pytest.raises(SystemExit) as exit_info:
+        interrupted()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "interrupted; `dvc repro` resumes from the last epoch\n"
+
+
+def test_wrapper_turns_a_full_disk_into_one_line_and_keeps_bugs_tracebacks(capsys) -> None:
+    @user_errors_exit
+    def disk_fills_up() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "data/nodules.h5.partial")
+
+    @user_errors_exit
+    def bug() -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    with pytest.raises(SystemExit) as exit_info:
+        disk_fills_up()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == ("error: cannot write data/nodules.h5.partial: No space left on device; "
+                                       "free some space or make it writable, then re-run.\n")
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        bug()
+
+
+def copy_checkout(dest: Path) -> Path:
+    """A second checkout: the package and the stage scripts, no venv of its own."""
+    shutil.copytree(REPO / "nodule_net", dest / "nodule_net", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def test_stage_scripts_refuse_another_checkouts_package(tmp_path) -> None:
+    """A second clone sharing the venv: run by path it would import the first clone's nodule_net."""
+    clone = copy_checkout(tmp_path / "clone")
+    (clone / "params.yaml").write_text("seed: [not, valid]\n")
+    env = os.environ | {"PYTHONPATH": ""}
+    by_path = subprocess.run([sys.executable, "pipeline/split.py", "--dataset", "x.h5", "--out", "s.json"],
+                             cwd=clone, capture_output=True, text=True, env=env, timeout=60)
+    assert by_path.returncode == 1
+    assert by_path.stderr.strip().splitlines() == [
+        f"error: {clone / 'pipeline' / 'split.py'} belongs to the checkout {clone} but imported nodule_net from "
+        f"{REPO / 'nodule_net'}; run stages from the repo root as dvc.yaml does (`python -m pipeline.<stage>`)."]
+    as_module = subprocess.run([sys.executable, "-m", "pipeline.split", "--dataset", "x.h5", "--out", "s.json"],
+                               cwd=clone, capture_output=True, text=True, env=env, timeout=60)
+    # The clone's own package ran: it got as far as reading the clone's params.yaml.
+    assert as_module.returncode == 1
+    assert as_module.stderr.strip() == "error: params.yaml: seed = ['not', 'valid'] is not allowed; it must be an integer ≥ 0."
+
+
+def test_ctrl_c_during_training_exits_130_with_one_line(tmp_path) -> None:
+    """A real SIGINT to `python -m pipeline.train` after its first checkpoint: no traceback, exit 130."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from synthetic_nodules import make_dataset
+
+    from nodule_net.split import kfold_split, write_splits
+    from nodule_net.store import write_dataset
+
+    data = make_dataset(n_nodules=8, size=16, max_depth=2, seed=3)
+    write_dataset(tmp_path / "nodules.h5", data)
+    write_splits(tmp_path / "splits.json", kfold_split(data.nodule_id, data.patient_id, 2, seed=0, val_fraction=0.2))
+    raw = with_change({"train.epochs": 1000, "train.device": "cpu", "folds": [0, 1]})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    checkpoint = tmp_path / "ckpt" / "fold0.pt"
+    cmd = [sys.executable, "-m", "pipeline.train", "--dataset", str(tmp_path / "nodules.h5"),
+           "--splits", str(tmp_path / "splits.json"), "--fold", "0", "--models", str(tmp_path / "models"),
+           "--checkpoints", str(checkpoint.parent), "--live", str(tmp_path / "live"), "--params", str(tmp_path / "params.yaml")]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checkpoint.exists(), proc.communicate(timeout=5)[1] if proc.poll() is not None else "no checkpoint"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted; `dvc repro` resumes from the last epoch"
+    assert not (tmp_path / "models" / "fold0" / "model.pt").exists()  # no model file from an interrupted run
