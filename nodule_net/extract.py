@@ -174,7 +174,7 @@ def extract(root: str | Path, scans: list[ScanInfo], config: ExtractConfig, sour
         raise ValueError("No annotated scans were selected; check phantom.patients.")
     scans, missing = locate(root, scans)
     jobs = [(scan, root, config) for scan in scans]
-    bar = dict(total=len(jobs), desc="extract", unit="scan", disable=not progress)
+    bar = dict(total=len(jobs), desc="extract", unit="scan", disable=None if progress else True)
     if workers > 1:
         with process_pool(workers) as pool:
             results = list(tqdm(pool.imap(_extract_job, jobs), **bar))

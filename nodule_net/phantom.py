@@ -340,9 +340,9 @@ def build_phantom(root: str | Path, patients: list[str], seed: int = 0, margin: 
         if workers > 1:
             with process_pool(workers) as pool:
                 entries = list(tqdm(pool.imap(write_scan, jobs), total=len(jobs), desc="phantom", unit="scan",
-                                    disable=not progress))
+                                    disable=None if progress else True))
         else:
-            entries = [write_scan(j) for j in tqdm(jobs, desc="phantom", unit="scan", disable=not progress)]
+            entries = [write_scan(j) for j in tqdm(jobs, desc="phantom", unit="scan", disable=None if progress else True)]
         manifest = {"patients": patients, "seed": seed, "margin_slices": margin, "all_slices": all_slices,
                     "pydicom": pydicom.__version__, "scans": entries}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

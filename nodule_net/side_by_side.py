@@ -348,7 +348,7 @@ def fit_folds(
         step_losses, step_active, step_index = [], [], []
         names = ",".join(str(f.fold) for f, t in zip(folds, training) if t)
         for _ in tqdm(range(n_steps), desc=f"folds {names} epoch {epoch}/{train_config.epochs}", unit="step",
-                      disable=not progress, leave=False):
+                      disable=None if progress else True, leave=False):
             step = stack_nodules([next(s, None) if s is not None else None for s in streams], blank)
             losses = loss_of(params, step.images, step.mask, step.targets)  # (k,)
             (grad,) = torch.autograd.grad(losses.sum(), params)  # the folds share nothing: per-fold gradients

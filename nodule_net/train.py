@@ -312,7 +312,8 @@ def fit(
                                    train_config.augment)
         n_batches = -(-len(parts["train"]) // train_config.batch_nodules)
         bar = tqdm(batches, total=n_batches, desc=f"fold {fold} epoch {epoch}/{train_config.epochs}",
-                   unit="batch", disable=not progress, leave=False)
+                   # None: tqdm draws the bar only on a terminal; logs get the per-epoch lines below.
+                   unit="batch", disable=None if progress else True, leave=False)
         try:
             train_loss = train_epoch(model, optimizer, bar, train_config.lambda_aux, device)
         except NonFiniteLoss as err:
