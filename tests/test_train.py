@@ -187,8 +187,10 @@ def test_stage_scripts_run_split_train_evaluate(tmp_path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     def run(script: str, *args: str) -> None:
-        cmd = [sys.executable, str(REPO / "pipeline" / script), *args, "--params", str(tmp_path / "params.yaml")]
-        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        # As dvc.yaml runs them (`python -m pipeline.<stage>`), this checkout's package first.
+        cmd = [sys.executable, "-m", f"pipeline.{script.removesuffix('.py')}", *args,
+               "--params", str(tmp_path / "params.yaml")]
+        env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
         subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, text=True, env=env)
 
     run("split.py", "--dataset", "nodules.h5", "--out", "splits.json")
