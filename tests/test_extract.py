@@ -269,7 +269,7 @@ def test_stage_script_reports_user_errors_in_one_line(tmp_path):
     values["data"].update(source="lidc", lidc_root=None)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(values))
-    out = subprocess.run([sys.executable, "pipeline/extract.py", "--phantom-root", str(tmp_path), "--out",
+    out = subprocess.run([sys.executable, "-m", "pipeline.extract", "--phantom-root", str(tmp_path), "--out",
                           str(tmp_path / "n.h5"), "--stats", str(tmp_path / "s.json"), "--params", str(params)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
