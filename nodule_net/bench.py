@@ -10,6 +10,8 @@ paper's) and packed 8 and 32:
   parent is not itself an aten operator) that ``torch.profiler`` records, split into
   forward (loss included), backward and optimiser;
 - the time of one optimiser step for the per-tensor, foreach and fused Adam;
+- on a CPU, training with the protocol's folds at once in processes (``train.fold_processes:
+  auto``), against one process and the reference;
 - the projected wall time of the paper's protocol (:class:`Protocol`) at those speeds.
 
 Every measurement also runs the per-attribute reference (:mod:`nodule_net.reference`)
@@ -17,6 +19,10 @@ with the optimiser training used before (``torch.optim.Adam``'s default: per-ten
 CPU, foreach on CUDA), alternating with the batched model round by round, so each
 speed-up is a ratio measured in one run on the same, possibly busy, machine. Both paths
 share the data pipeline (:mod:`nodule_net.data`) and :func:`nodule_net.train.train_step`.
+
+``--precision bf16`` trains the batched path (and counts its operators) under bf16
+autocast, as ``train.precision: bf16`` does; the reference path and inference stay fp32,
+so the speed-up is then bf16 batched against today's fp32 reference.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 
 import numpy as np
 import torch
@@ -38,11 +45,13 @@ from torch.profiler import ProfilerActivity, profile
 
 from nodule_net.attributes import N_ATTRIBUTES, RATING_MAX, RATING_MIN
 from nodule_net.data import ResidentNodules, iterate_resident, resident_nodules, targets_for
+from nodule_net.fold_processes import fold_processes
 from nodule_net.inference import predict_resident
 from nodule_net.model import ModelConfig, NoduleNet
 from nodule_net.reference import ReferenceNoduleNet
 from nodule_net.store import NoduleDataset
-from nodule_net.train import TrainConfig, make_optimizer, train_epoch, train_step
+from nodule_net.train import TrainConfig, check_precision, make_optimizer, train_epoch, train_step
+from nodule_net.workers import process_pool
 
 # Nodules of LIDC-IDRI per number of slices kept (50% consensus, first scan of each patient:
 # 2,625 nodules, 1–45 slices, mean 5.56; the paper: 2,622, 1–45, mean 5.6), from
@@ -239,8 +248,9 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def measure(model_config: ModelConfig, nodules: ResidentNodules, batch_nodules: int, rounds: int,
-            device: torch.device, seed: int = 0, paths: tuple[str, ...] = PATHS) -> dict:
-    """Training and inference speed of ``paths`` on ``nodules``, ``rounds`` alternating timed passes each."""
+            device: torch.device, seed: int = 0, paths: tuple[str, ...] = PATHS, precision: str = "fp32") -> dict:
+    """Training and inference speed of ``paths`` on ``nodules``, ``rounds`` alternating timed passes each;
+    the batched path trains at ``precision``, the reference at fp32."""
     train_config = TrainConfig(batch_nodules=batch_nodules)
     slices = int(nodules.depths.sum())
     result: dict = {"nodules": len(nodules), "slices": slices, "steps": -(-len(nodules) // batch_nodules)}
@@ -249,7 +259,7 @@ def measure(model_config: ModelConfig, nodules: ResidentNodules, batch_nodules: 
     def train_pass(path: str) -> None:  # the same batches every pass: the warm-up built every shape
         model, optimizer = built[path]
         train_epoch(model, optimizer, iterate_resident(nodules, batch_nodules, np.random.default_rng(seed), True),
-                    train_config.lambda_aux, device)
+                    train_config.lambda_aux, device, precision if path == "batched" else "fp32")
 
     def infer_pass(path: str) -> None:
         predict_resident(built[path][0], nodules, batch_nodules)
@@ -276,10 +286,11 @@ def measure(model_config: ModelConfig, nodules: ResidentNodules, batch_nodules: 
     return result
 
 
-def step_ops(model_config: ModelConfig, device: torch.device, depth: int, size: int = 64) -> dict:
-    """Operators of one training step at one nodule of ``depth`` slices: both paths, and the
-    reference with foreach Adam (how the issue counted today's step); plus the data
-    pipeline's operators for one augmented one-nodule batch."""
+def step_ops(model_config: ModelConfig, device: torch.device, depth: int, size: int = 64,
+             precision: str = "fp32") -> dict:
+    """Operators of one training step at one nodule of ``depth`` slices: both paths (the batched
+    one at ``precision``), and the reference with foreach Adam (how the issue counted today's
+    step); plus the data pipeline's operators for one augmented one-nodule batch."""
     train_config = TrainConfig()
     data = synthetic_nodules(np.array([depth, depth]), size=size)
     nodules = resident_nodules(data, [0, 1], targets_for(data, None), -500.0, 300.0, device)
@@ -292,9 +303,10 @@ def step_ops(model_config: ModelConfig, device: torch.device, depth: int, size: 
                                          weight_decay=train_config.weight_decay, foreach=True)
         batch = next(iterate_resident(nodules, 1, np.random.default_rng(0), True))
         model.train()
+        at = precision if path == "batched" else "fp32"
         for _ in range(2):  # the optimiser's state exists, as in every step after the first
-            train_step(model, optimizer, batch, train_config.lambda_aux)
-        counts[name] = count_ops(lambda: train_step(model, optimizer, batch, train_config.lambda_aux))
+            train_step(model, optimizer, batch, train_config.lambda_aux, at)
+        counts[name] = count_ops(lambda: train_step(model, optimizer, batch, train_config.lambda_aux, at))
         _sync(device)
     batches = iterate_resident(nodules, 1, np.random.default_rng(1), True)
     next(batches)  # the per-pass set-up (order, targets, segment ids) happens here, once per epoch
@@ -325,8 +337,66 @@ def optimizer_step_ms(model_config: ModelConfig, device: torch.device, steps: in
     return out
 
 
-def environment(device: torch.device) -> dict:
-    """What the numbers were measured on."""
+def _fold_process(task: tuple) -> list[tuple[float, float]]:
+    """One fold's process of :func:`measure_fold_processes`: (start, end) of each timed training pass."""
+    model_config, n, batch_nodules, seed, rounds, size, barrier = task
+    device = torch.device("cpu")
+    data = synthetic_nodules(sample_depths(n, seed), size=size, seed=seed)
+    nodules = resident_nodules(data, range(n), targets_for(data, None), -500.0, 300.0, device)
+    model, optimizer = build("batched", model_config, TrainConfig(batch_nodules=batch_nodules), device, seed)
+
+    def one_pass() -> None:
+        train_epoch(model, optimizer, iterate_resident(nodules, batch_nodules, np.random.default_rng(seed), True),
+                    TrainConfig().lambda_aux, device)
+
+    one_pass()  # warm-up: this process's kernels for every depth
+    spans = []
+    for _ in range(rounds):
+        barrier.wait()  # every process starts each timed pass together
+        start = time.monotonic()  # system-wide clock: comparable across processes
+        one_pass()
+        spans.append((start, time.monotonic()))
+    return spans
+
+
+_bench_barrier = None
+
+
+def _init_fold_process(barrier, threads: int) -> None:
+    global _bench_barrier
+    _bench_barrier = barrier
+    torch.set_num_threads(threads)
+
+
+def _fold_process_task(task: tuple) -> list[tuple[float, float]]:
+    return _fold_process((*task, _bench_barrier))
+
+
+def measure_fold_processes(model_config: ModelConfig, nodules: int, rounds: int, seed: int = 0,
+                           folds: int = Protocol.folds, size: int = 64) -> dict:
+    """Training throughput of ``folds`` folds at once in processes on this CPU, as ``train.fold_processes: auto``.
+
+    Each process (with its share of the threads, :func:`nodule_net.fold_processes.fold_processes`)
+    trains its own ⌈nodules / processes⌉ nodules of LIDC's depths at one nodule per step;
+    after a warm-up pass they start each timed pass together. Throughput: all processes'
+    slices over the time until the last one finishes (median over ``rounds``).
+    """
+    plan = fold_processes("auto", torch.device("cpu"), folds, torch.get_num_threads())
+    per_process = -(-nodules // plan.processes)
+    slices = sum(int(sample_depths(per_process, seed + i).sum()) for i in range(plan.processes))
+    barrier = get_context("spawn").Barrier(plan.processes)
+    tasks = [(model_config, per_process, 1, seed + i, rounds, size) for i in range(plan.processes)]
+    with process_pool(plan.processes, _init_fold_process, (barrier, plan.threads)) as pool:
+        spans = pool.map(_fold_process_task, tasks, chunksize=1)  # one task per worker: each waits at the barrier
+    walls = [max(s[r][1] for s in spans) - min(s[r][0] for s in spans) for r in range(rounds)]
+    seconds = statistics.median(walls)
+    return {"processes": plan.processes, "threads_each": plan.threads, "nodules": per_process * plan.processes,
+            "slices": slices, "seconds": seconds, "slices_per_s": slices / seconds,
+            "nodules_per_s": per_process * plan.processes / seconds}
+
+
+def environment(device: torch.device, precision: str = "fp32") -> dict:
+    """What the numbers were measured on (``precision``: the batched path's training precision)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -337,21 +407,24 @@ def environment(device: torch.device) -> dict:
         except OSError:
             pass
     return {
-        "device": str(device), "device_name": name, "dtype": "float32", "torch": torch.__version__,
+        "device": str(device), "device_name": name, "dtype": "float32", "precision": precision,
+        "torch": torch.__version__,
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
 def run_bench(device: torch.device, plan: Plan = FULL, model_config: ModelConfig | None = None,
-              size: int = 64, seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
-    """The whole bench (see the module docstring) as a JSON-able dict."""
+              size: int = 64, seed: int = 0, progress: Callable[[str], None] | None = None,
+              precision: str = "fp32") -> dict:
+    """The whole bench (see the module docstring) as a JSON-able dict; the batched path trains at ``precision``."""
     model_config = model_config or ModelConfig(variant="full")
     say = progress or (lambda message: None)
-    result = {"environment": environment(device), "model": asdict(model_config), "image_size": size,
+    result = {"environment": environment(device, precision), "model": asdict(model_config), "image_size": size,
               "plan": asdict(plan), "lidc_depth_mean": lidc_depth_mean(), "protocol": asdict(Protocol())}
     say("counting operators per training step")
-    result["ops_per_step"] = step_ops(model_config, device, depth=round(lidc_depth_mean()), size=size)
+    result["ops_per_step"] = step_ops(model_config, device, depth=round(lidc_depth_mean()), size=size,
+                                      precision=precision)
     say("timing Adam implementations")
     result["optimizer_step_ms"] = optimizer_step_ms(model_config, device, plan.optimizer_steps)
     result["batches"] = {}
@@ -362,13 +435,23 @@ def run_bench(device: torch.device, plan: Plan = FULL, model_config: ModelConfig
         nodules = resident_nodules(data, range(n), targets_for(data, None), -500.0, 300.0, device)
         paths = PATHS if plan.reference_at is None or batch_nodules in plan.reference_at else ("batched",)
         result["batches"][str(batch_nodules)] = measure(model_config, nodules, batch_nodules, plan.rounds, device,
-                                                        seed, paths)
+                                                        seed, paths, precision)
     one = result["batches"]["1"] if "1" in result["batches"] else None
     if one is not None:
         result["projection"] = {
             path: project_protocol(one["training"][path]["nodules_per_s"], one["inference"][path]["nodules_per_s"])
             for path in PATHS if path in one["training"]
         }
+    if one is not None and device.type == "cpu" and precision == "fp32":
+        say("timing the folds in processes (train.fold_processes: auto)")
+        at_once = measure_fold_processes(model_config, plan.nodules[1], plan.rounds, seed, size=size)
+        if at_once["processes"] > 1:
+            for path in PATHS if "reference" in one["training"] else ("batched",):
+                at_once[f"speedup_vs_{path}"] = at_once["slices_per_s"] / one["training"][path]["slices_per_s"]
+            result["fold_processes"] = at_once
+            # Validation runs in the same processes: its speed-up is taken to be training's.
+            val = one["inference"]["batched"]["nodules_per_s"] * at_once["speedup_vs_batched"]
+            result["projection"]["batched_fold_processes"] = project_protocol(at_once["nodules_per_s"], val)
     result["environment"]["load_average_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return result
 
@@ -378,8 +461,11 @@ def format_bench(result: dict) -> str:
     env = result["environment"]
     load = (f", load average {env['load_average_1m']:.1f} → {env['load_average_1m_end']:.1f}"
             if env.get("load_average_1m") is not None else "")
+    precision = env.get("precision", "fp32")  # absent from results of before train.precision
+    trained = ("training fp32" if precision == "fp32"
+               else f"training {precision} autocast (batched path; reference fp32)")
     lines = [
-        f"device {env['device']} ({env['device_name']}), {env['dtype']}, torch {env['torch']}, "
+        f"device {env['device']} ({env['device_name']}), {env['dtype']} weights, {trained}, torch {env['torch']}, "
         f"{env['threads']} threads, {env['cpu_count']} CPUs{load}",
         f"synthetic nodules with LIDC's depths (mean {result['lidc_depth_mean']:.2f} slices), "
         f"{result['image_size']}² slices, model {result['model']['variant']}",
@@ -392,6 +478,10 @@ def format_bench(result: dict) -> str:
             versus = f"{ref['slices_per_s']:>14.1f}{entry[kind]['speedup']:>9.2f}×" if ref else f"{'—':>14}{'—':>10}"
             lines.append(f"{kind + ', ' + b + ' per step':22}{new['slices_per_s']:>10.1f}{new['nodules_per_s']:>11.2f}"
                          f"{versus}{new['peak_memory_mb']:>9.0f}")
+    if (fp := result.get("fold_processes")) is not None:
+        ref = f", {fp['speedup_vs_reference']:.2f}× the reference" if "speedup_vs_reference" in fp else ""
+        lines.append(f"training, 1 per step, the folds in {fp['processes']} processes × {fp['threads_each']} "
+                     f"thread(s): {fp['slices_per_s']:.1f} slices/s, {fp['speedup_vs_batched']:.2f}× one process{ref}")
     ops = result["ops_per_step"]
     lines += ["", "operators per training step, one nodule (forward + backward + optimizer = total)"]
     for name in ("batched", "reference", "reference_foreach_adam"):
@@ -404,12 +494,13 @@ def format_bench(result: dict) -> str:
         lines += ["", f"projected paper protocol ({p['folds']} folds × {p['epochs']} epochs × {p['train_nodules']} "
                       f"training + {p['val_nodules']} validation nodules, one nodule per step):"]
         for path, h in result["projection"].items():
-            lines.append(f"  {path:10} {h['total_h']:8.1f} h  (training {h['train_h']:.1f} h, "
+            lines.append(f"  {path:24} {h['total_h']:8.1f} h  (training {h['train_h']:.1f} h, "
                          f"validation {h['validation_h']:.1f} h)")
     return "\n".join(lines)
 
 
-def bench_command(device_name: str, quick: bool, as_json: bool, threads: int | None) -> str:
+def bench_command(device_name: str, quick: bool, as_json: bool, threads: int | None,
+                  precision: str = "fp32") -> str:
     """`nodule-net bench`: run it on ``device_name`` and return the report (or JSON)."""
     if threads is not None:
         if threads < 1:
@@ -421,6 +512,9 @@ def bench_command(device_name: str, quick: bool, as_json: bool, threads: int | N
         device = torch.device(device_name)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {device_name} but no CUDA GPU is visible; use --device cpu.")
-    result = run_bench(device, QUICK if quick else FULL, progress=lambda m: print(f"bench: {m}", file=sys.stderr))
-    result["command"] = "nodule-net bench" + (" --quick" if quick else "") + f" --device {device_name}"
+    check_precision(precision, device)
+    result = run_bench(device, QUICK if quick else FULL, progress=lambda m: print(f"bench: {m}", file=sys.stderr),
+                       precision=precision)
+    result["command"] = ("nodule-net bench" + (" --quick" if quick else "") + f" --device {device_name}"
+                         + (f" --precision {precision}" if precision != "fp32" else ""))
     return json.dumps(result, indent=2) if as_json else format_bench(result)

@@ -86,6 +86,20 @@ def load_checkpoint(path: str | os.PathLike | None, run_id: str, epochs: int, de
     return state
 
 
+def finished_epochs(path: str | os.PathLike | None, run_id: str) -> int:
+    """Epochs that the checkpoint at ``path`` holds for the run ``run_id``; 0 when absent, foreign or unreadable.
+
+    A quiet look (nothing moved, nothing printed): :func:`load_checkpoint` deals with such files when training starts.
+    """
+    try:
+        state = _torch_load(Path(path), torch.device("cpu")) if path is not None and Path(path).exists() else {}
+    except ValueError:
+        return 0
+    if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != run_id:
+        return 0
+    return state["epoch"] if isinstance(state.get("epoch"), int) else 0
+
+
 def model_path(models_dir: str | os.PathLike, fold: int) -> Path:
     """Where fold ``fold``'s selected model lives; dvc.yaml declares ``<models>/fold<k>`` as its out."""
     return Path(models_dir) / f"fold{fold}" / "model.pt"

@@ -2,7 +2,7 @@
 
     nodule-net lidc-stats [--json] [--scans first|all] [--workers N] [--patients ID ...]
     nodule-net mae-table [metrics/mae.json]
-    nodule-net bench [--device auto|cpu|cuda|cuda:N] [--json] [--quick] [--threads N]
+    nodule-net bench [--device auto|cpu|cuda|cuda:N] [--json] [--quick] [--threads N] [--precision fp32|bf16]
     nodule-net grid [--dry-run] [-S key=value ...]
     nodule-net report [--out report] [--exp NAME ...] [--all]
     nodule-net predict SERIES_DIR (--centre-mm X Y Z | --centre-voxel I J K) --diameter-mm D [--models DIR] [--json]
@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--json", action="store_true", help="print the result as JSON instead of a report")
     b.add_argument("--quick", action="store_true", help="fewer nodules, one timed round (under a minute on a CPU)")
     b.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    b.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="training precision of the batched path, as train.precision (default fp32; "
+                        "the reference path stays fp32)")
     g = sub.add_parser("grid", help="queue the paper's experiments (Tables 1, 2, 5, S1, S2) as named DVC experiments")
     g.add_argument("--dry-run", action="store_true", help="print the `dvc exp run --queue` commands only")
     g.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "bench":
         from nodule_net.bench import bench_command  # torch and the model load only for this command
 
-        print(bench_command(args.device, args.quick, args.json, args.threads))
+        print(bench_command(args.device, args.quick, args.json, args.threads, args.precision))
     elif args.command == "lidc-stats":
         stats = lidc_stats(args.scans, args.workers, progress=not args.json, patients=args.patients)
         if args.json:

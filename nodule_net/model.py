@@ -99,6 +99,17 @@ class ModelOutput(NamedTuple):
     caam_weights: Tensor | None  # (B, K, K) raw CAAM weights; row t weighs attributes for t
 
 
+def sigmoid_fp32(logits: Tensor) -> Tensor:
+    """``sigmoid(logits)`` in float32 whatever the logits' dtype (in fp32: the plain sigmoid).
+
+    Under bf16 autocast (``train.precision: bf16``) the linear layers hand over bf16 logits,
+    and a bf16 sigmoid rounds to exactly 1 above a logit of ≈ 7, where a benign nodule's
+    BCE (``model.malignancy: classify``) becomes log 0 (clamped to 100, with a gradient of
+    ≈ 1e12); float32 keeps 1 − p down to ≈ 1e-7.
+    """
+    return torch.sigmoid(logits if logits.dtype == torch.float32 else logits.float())
+
+
 # --- segment helpers: per-nodule reductions over a packed batch --------------------------
 
 
@@ -277,7 +288,7 @@ class AttributeSpecialisation(_AttributeLayers):
         specialised = self.specialise.shared(content)  # (B, K, 256)
         if self.aux is None:
             return specialised, None
-        return specialised, torch.sigmoid(self.aux(specialised).squeeze(-1))  # (B, K, 256), (B, K)
+        return specialised, sigmoid_fp32(self.aux(specialised).squeeze(-1))  # (B, K, 256), (B, K)
 
 
 class CrossAttributeAttention(_AttributeLayers):
@@ -316,7 +327,7 @@ class PredictionHead(_AttributeLayers):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (B, K, 256), one vector per attribute branch, or (B, 256) shared by all → (B, K)."""
         hidden = self.fc1(x) if x.dim() == 3 else self.fc1.shared(x)  # (B, K, 256)
-        return torch.sigmoid(self.fc2(self.act(hidden)).squeeze(-1))
+        return sigmoid_fp32(self.fc2(self.act(hidden)).squeeze(-1))
 
 
 # --- the network -------------------------------------------------------------------------

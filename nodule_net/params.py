@@ -192,6 +192,8 @@ SCHEMA: dict[str, Param] = {
     "train.precision": Param(choice("fp32", "bf16"), default="fp32"),  # optional key
     # Optional key: true trains the k folds side by side (nodule_net.side_by_side); auto: on CUDA only.
     "train.folds_together": Param(either(choice("auto"), boolean()), default="auto"),
+    # Optional key: folds trained at once in processes on a CPU (nodule_net.fold_processes); auto: one per fold.
+    "train.fold_processes": Param(either(choice("auto"), integer(low=1)), default="auto"),
 }
 
 # Sections: every proper prefix of a dotted key ("train" for "train.lr").

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from nodule_net.checkpoint import load_checkpoint, save_checkpoint
 from nodule_net.data import Batch, ResidentNodules, iterate_resident, normalisation_stats, resident_nodules, targets_for
 from nodule_net.device import resolve_device
+from nodule_net.fold_processes import fit_in_processes, fold_processes, unfinished_folds
 from nodule_net.inference import predict_resident
 from nodule_net.model import ModelConfig, ModelOutput, NoduleNet
 from nodule_net.store import NoduleDataset
@@ -48,9 +49,11 @@ from nodule_net.train import (
     EpochRecord,
     FitResult,
     TrainConfig,
+    check_precision,
     epoch_rng,
     fingerprint,
     fit,
+    forward_at,
     init_model,
     loss_fn,
     make_optimizer,
@@ -193,14 +196,17 @@ class _Padded(nn.Module):
         return self.net.forward_padded(images, mask)
 
 
-def batched_loss(template: NoduleNet, layout: ParamLayout, lambda_aux: float) -> Callable[..., Tensor]:
-    """``(params (k, P), images, mask, targets) → (k,)`` per-fold losses of one :class:`FoldsStep`."""
+def batched_loss(template: NoduleNet, layout: ParamLayout, lambda_aux: float,
+                 precision: str = "fp32") -> Callable[..., Tensor]:
+    """``(params (k, P), images, mask, targets) → (k,)`` per-fold losses of one :class:`FoldsStep`,
+    the forward at ``precision`` (``train.precision``, as ``fit``'s: :func:`~nodule_net.train.forward_at`)."""
     padded = _Padded(copy.deepcopy(template).to("meta"))  # structure only: every weight comes from params
     classify_column = template.config.classify_column
 
     def one_fold(flat: Tensor, images: Tensor, mask: Tensor, targets: Tensor) -> Tensor:
         weights = {f"net.{name}": w for name, w in layout.unflatten(flat).items()}
-        output = torch.func.functional_call(padded, weights, (images, mask))
+        output = forward_at(precision, images.device.type,
+                            lambda: torch.func.functional_call(padded, weights, (images, mask)))
         return loss_fn(output, targets, lambda_aux, classify_column)
 
     return torch.func.vmap(one_fold)
@@ -321,6 +327,7 @@ def fit_folds(
     if not fold_parts:
         raise ValueError("No folds to train; check the params' `folds`.")
     device = resolve_device(train_config.device)
+    check_precision(train_config.precision, device)
     targets = targets_for(data, model_config.attribute)
     paths = checkpoint_paths or {}
     folds = [_init_fold(data, targets, k, parts, model_config, train_config, paths.get(k), device)
@@ -329,7 +336,7 @@ def fit_folds(
     params = torch.stack([layout.flatten(list(f.model.parameters())) for f in folds]).requires_grad_()  # (k, P)
     adam = StackedAdam(params, train_config.lr, train_config.betas, train_config.weight_decay)
     _load_stack(folds, layout, adam)
-    loss_of = batched_loss(folds[0].model, layout, train_config.lambda_aux)
+    loss_of = batched_loss(folds[0].model, layout, train_config.lambda_aux, train_config.precision)
     image_shape = data.images.shape[1:]
     blank = Batch(torch.zeros((1, *image_shape), device=device), torch.zeros(1, dtype=torch.long, device=device),
                   torch.zeros((1, model_config.n_outputs), device=device), np.array([-1]))
@@ -401,15 +408,29 @@ def train_folds(
     checkpoint_paths: Mapping[int, str | os.PathLike] | None = None,
     on_epoch: Callable[[int, EpochRecord], None] | None = None,
     progress: bool = True,
+    processes: str | int = 1,
 ) -> dict[int, FitResult]:
-    """Every fold of ``fold_parts``: side by side (:func:`fit_folds`) or one after another
-    (``fit``), as ``together`` (``train.folds_together``) resolves on the training device."""
+    """Every fold of ``fold_parts``: side by side (:func:`fit_folds`), in one process per fold
+    (:mod:`nodule_net.fold_processes`) or one after another (``fit``), as ``together``
+    (``train.folds_together``) and ``processes`` (``train.fold_processes``) resolve on the
+    training device. In processes, ``on_epoch`` sees each fold's epochs once the fold is done."""
     device = resolve_device(train_config.device)
     if folds_together(together, device, train_config.batch_nodules):
         return fit_folds(data, fold_parts, model_config, train_config, checkpoint_paths, on_epoch, progress)
+    results: dict[int, FitResult] = {}
+    threads = torch.get_num_threads()
+    if fold_processes(processes, device, len(fold_parts), threads).processes > 1:
+        pending = unfinished_folds(data, fold_parts, model_config, train_config, checkpoint_paths)
+        plan = fold_processes(processes, device, len(pending), threads)
+        if plan.processes > 1:
+            pending_parts = {fold: fold_parts[fold] for fold in pending}
+            results = fit_in_processes(data, pending_parts, model_config, train_config, checkpoint_paths, plan)
     paths = checkpoint_paths or {}
-    results = {}
-    for fold, parts in fold_parts.items():
+    for fold, parts in fold_parts.items():  # the rest one after another; finished folds only load
+        if fold in results:
+            for record in results[fold].history if on_epoch is not None else ():
+                on_epoch(fold, record)
+            continue
         log = (lambda record, fold=fold: on_epoch(fold, record)) if on_epoch is not None else None
         results[fold] = fit(data, parts, model_config, train_config, fold, paths.get(fold), log, progress)
-    return results
+    return {fold: results[fold] for fold in fold_parts}

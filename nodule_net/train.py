@@ -5,6 +5,9 @@ squared-error loss ``λ·L_aux + L_final`` (eq. 8; summed over nodules and attri
 in the authors' code), one nodule per step by default, shuffling and augmentation every
 epoch, inputs normalised by the training part's pixel mean/std.
 
+Precision (``train.precision``): fp32 by default; bf16 runs the training forward under
+autocast (:func:`forward_at`) with fp32 weights and Adam. Validation is always fp32.
+
 Model selection: the epoch with the lowest mean validation MAE (original scales) on the
 fold's validation slice. (The authors' code picks the best epoch on the test fold.) A
 benign/malignant classifier (``model.malignancy: classify``, Table 5) is selected by the
@@ -44,6 +47,9 @@ from nodule_net.store import NoduleDataset
 # Random stream id for training (nodule_net.split uses 1), so `seed` feeds independent streams.
 TRAIN_STREAM = 2
 
+# train.precision → the autocast dtype of the training forward; fp32: no autocast at all.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
 
 @dataclass
 class TrainConfig:
@@ -55,6 +61,7 @@ class TrainConfig:
     batch_nodules: int = 1  # nodules per optimiser step (paper: 1)
     augment: bool = True  # random flip / rot90 / z-reversal (paper §3.2)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (PRECISIONS)
     seed: int = 0  # base seed; init and per-epoch streams derive from (seed, fold[, epoch])
 
     def __post_init__(self) -> None:
@@ -65,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"train.batch_nodules={self.batch_nodules} must be at least 1.")
         if self.lambda_aux < 0:
             raise ValueError(f"lambda={self.lambda_aux} must be non-negative (it weighs the auxiliary loss).")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision={self.precision!r} must be one of {' | '.join(PRECISIONS)}.")
 
 
 class EpochRecord(NamedTuple):
@@ -124,12 +133,39 @@ def loss_fn(
     return loss
 
 
+def forward_at(precision: str, device_type: str, forward: Callable[[], ModelOutput]) -> ModelOutput:
+    """``forward()`` at ``precision`` (``train.precision``): fp32 calls it as is (no autocast
+    context, so today's numbers are unchanged bit for bit); bf16 runs it under
+    ``torch.autocast(device_type, torch.bfloat16)`` — convolutions and matmuls in bf16, while
+    the weights, their gradients and Adam's state stay fp32 — and returns its outputs in fp32.
+
+    The loss is then computed outside the autocast region, on those fp32 outputs: CUDA's
+    autocast refuses ``binary_cross_entropy`` (``model.malignancy: classify``) whatever the
+    dtype, and the loss's sums over nodules and attributes want fp32 anyway.
+    """
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return forward()
+    with torch.autocast(device_type, dtype=dtype):
+        output = forward()
+    return ModelOutput(*(t.float() if t is not None else None for t in output))
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raise a one-line ValueError if ``device`` cannot train at ``precision`` (bf16 on a GPU
+    without bf16; the CPU's autocast has bf16 everywhere, emulated where the CPU lacks it)."""
+    if PRECISIONS[precision] is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"train.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16; "
+                         "use fp32.")
+
+
 def train_epoch(
     model: NoduleNet,
     optimizer: torch.optim.Optimizer,
     batches: Iterable[Batch],
     lambda_aux: float,
     device: torch.device,
+    precision: str = "fp32",
 ) -> float:
     """One pass over ``batches``; returns the mean loss per nodule.
 
@@ -141,7 +177,7 @@ def train_epoch(
     step_losses, step_nodules = [], []
     for batch in batches:
         batch = batch_to(batch, device)  # a no-op for resident batches (nodule_net.data)
-        step_losses.append(train_step(model, optimizer, batch, lambda_aux))
+        step_losses.append(train_step(model, optimizer, batch, lambda_aux, precision))
         step_nodules.append(batch.index)
     losses = torch.stack(step_losses).double().cpu()  # (steps,): the epoch's one host sync
     if not (finite := torch.isfinite(losses)).all():
@@ -150,9 +186,12 @@ def train_epoch(
     return float(losses.sum()) / sum(len(index) for index in step_nodules)
 
 
-def train_step(model: NoduleNet, optimizer: torch.optim.Optimizer, batch: Batch, lambda_aux: float) -> torch.Tensor:
-    """One optimiser step on ``batch``; returns its loss, detached, still on the device (no host sync)."""
-    out = model(batch.images, batch.segment_ids, len(batch.index))
+def train_step(model: NoduleNet, optimizer: torch.optim.Optimizer, batch: Batch, lambda_aux: float,
+               precision: str = "fp32") -> torch.Tensor:
+    """One optimiser step on ``batch``, its forward at ``precision`` (:func:`forward_at`);
+    returns its loss, detached, still on the device (no host sync)."""
+    out = forward_at(precision, batch.images.device.type,
+                     lambda: model(batch.images, batch.segment_ids, len(batch.index)))
     loss = loss_fn(out, batch.targets, lambda_aux, model.config.classify_column)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -249,7 +288,7 @@ def train_config_from_params(params: dict) -> TrainConfig:
     return TrainConfig(
         epochs=train["epochs"], lr=train["lr"], betas=tuple(train["betas"]), weight_decay=train["weight_decay"],
         lambda_aux=params["lambda"], batch_nodules=train["batch_nodules"], augment=train["augment"],
-        device=train["device"], seed=params["seed"],
+        device=train["device"], precision=train["precision"], seed=params["seed"],
     )
 
 
@@ -277,16 +316,19 @@ def fit(
     checkpoint_path: str | os.PathLike | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
+    progress_bar: bool = True,
 ) -> FitResult:
     """Train on ``parts["train"]``, select the epoch by MAE on ``parts["val"]``.
 
     ``on_epoch`` is called once per epoch in order — including, on resumption, for the
     epochs the checkpoint already holds, so loggers can rebuild complete curves.
+    ``progress``: a line per epoch, and a progress bar on a terminal unless ``progress_bar`` is False.
     """
     for part in ("train", "val"):
         if len(parts.get(part, ())) == 0:
             raise ValueError(f"Fold {fold} has no {part} nodules; check split.val_fraction and the dataset size.")
     device = resolve_device(train_config.device)
+    check_precision(train_config.precision, device)
     targets = targets_for(data, model_config.attribute)
     mean, std = normalisation_stats(data, parts["train"])
     model = init_model(model_config, train_config.seed, fold).to(device)
@@ -313,12 +355,14 @@ def fit(
         n_batches = -(-len(parts["train"]) // train_config.batch_nodules)
         bar = tqdm(batches, total=n_batches, desc=f"fold {fold} epoch {epoch}/{train_config.epochs}",
                    # None: tqdm draws the bar only on a terminal; logs get the per-epoch lines below.
-                   unit="batch", disable=None if progress else True, leave=False)
+                   unit="batch", disable=None if progress and progress_bar else True, leave=False)
         try:
-            train_loss = train_epoch(model, optimizer, bar, train_config.lambda_aux, device)
+            train_loss = train_epoch(model, optimizer, bar, train_config.lambda_aux, device, train_config.precision)
         except NonFiniteLoss as err:
             raise ValueError(f"Fold {fold}, epoch {epoch}: {err} (nodule {', '.join(data.nodule_id[err.nodules])}); "
                              "nothing was saved for this epoch — lower train.lr or check that nodule.") from None
+        # Validation stays fp32 whatever train.precision: model selection (and evaluate, which
+        # reads the saved model) compare fp32 predictions, so precision changes only training.
         val_pred = predict_resident(model, val_set, train_config.batch_nodules)
         record = EpochRecord(epoch, train_loss, validation_mae(val_pred.scores, val_targets, model_config.attributes,
                                                           model_config.classify_column))

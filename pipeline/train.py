@@ -1,13 +1,13 @@
-"""DVC stage `train@<fold>`: train cross-validation folds, side by side or one after another (`train.folds_together`).
+"""DVC stage `train@<fold>`: train cross-validation folds, side by side, in parallel processes or one after another.
 
-Params: seed, lambda, folds, model.*, train.* (as `train@<fold>`, plus train.folds_together:
-auto = side by side on a CUDA GPU, one after another on a CPU). For every fold it writes
+Params: seed, lambda, folds, model.*, train.* (train.folds_together: auto = side by side on
+a CUDA GPU; train.fold_processes: auto = one process per fold on a CPU). For every fold it writes
 what `train@<fold>` writes: <models>/fold<k>/model.pt, the dvclive folder <live>/fold<k>
 (curves and best-epoch summary) and the resumable checkpoint <checkpoints>/fold<k>.pt, so
 `evaluate`, `dvc plots` and `dvc metrics diff` see the same files and keys.
 
-With --fold k it writes fold k's model and curves only. Side by side it still trains every
-fold (they step together) and leaves their finished checkpoints behind, so the next
+With --fold k it writes fold k's model and curves only. Side by side or in processes it
+still trains every fold (they train at once) and leaves their finished checkpoints behind, so the next
 `--fold j` finds fold j trained and only writes its outputs: `train@k` stages can keep
 their per-fold outs with this script as their command.
 """
@@ -18,11 +18,13 @@ import argparse
 from contextlib import ExitStack
 from pathlib import Path
 
+import torch
 from dvclive import Live
 
 from nodule_net.checkpoint import model_path
 from nodule_net.device import resolve_device
 from nodule_net.files import check_writable
+from nodule_net.fold_processes import fold_processes
 from nodule_net.model import ModelConfig, NoduleNet
 from nodule_net.params import load_params, user_errors_exit
 from nodule_net.side_by_side import folds_together, train_folds
@@ -49,9 +51,12 @@ def main() -> None:
     if args.fold is not None and args.fold not in folds:
         raise ValueError(f"--fold {args.fold} is not among the params' folds {folds}.")
     written = folds if args.fold is None else [args.fold]
-    together = folds_together(params["train"]["folds_together"], resolve_device(train_config.device),
-                              train_config.batch_nodules)
-    trained = folds if together else written
+    device = resolve_device(train_config.device)
+    together = folds_together(params["train"]["folds_together"], device, train_config.batch_nodules)
+    processes = params["train"]["fold_processes"]
+    # Side by side or in processes, the first train@k trains every fold that is not finished yet.
+    at_once = together or fold_processes(processes, device, len(folds), torch.get_num_threads()).processes > 1
+    trained = folds if at_once else written
     checkpoints = {k: Path(args.checkpoints) / f"fold{k}.pt" for k in trained}
     # The weights' size (not on the meta device: initialising there imports torch._dynamo, seconds).
     weights = sum(p.numel() * p.element_size() for p in NoduleNet(model_config).parameters())
@@ -75,7 +80,8 @@ def main() -> None:
                 live.log_metric("val_mae", record.val_mae)
                 live.next_step()
 
-        results = train_folds(data, fold_parts, model_config, train_config, together, checkpoints, on_epoch=log)
+        results = train_folds(data, fold_parts, model_config, train_config, together, checkpoints, on_epoch=log,
+                              processes=processes)
         for k in written:
             lives[k].summary["best_epoch"] = results[k].best_epoch
             lives[k].summary["best_val_mae"] = results[k].best_val_mae

@@ -15,10 +15,12 @@ from nodule_net.bench import (
     count_ops,
     format_bench,
     lidc_depth_mean,
+    measure_fold_processes,
     project_protocol,
     run_bench,
     sample_depths,
 )
+from nodule_net import bench
 from nodule_net.cli import main
 from nodule_net.model import ModelConfig
 
@@ -139,8 +141,56 @@ def test_quick_bench_on_a_tiny_model_runs_and_reports_both_paths() -> None:
     assert "training, 1 per step" in text and "reference_foreach_adam" in text and "projected" in text
 
 
+def test_folds_in_processes_are_timed_together() -> None:
+    torch.set_num_threads(2)  # auto: a process per fold, the two threads shared (the fixture restores it)
+    result = measure_fold_processes(ModelConfig(variant="none", **TINY), nodules=3, rounds=2, folds=2, size=16)
+    assert (result["processes"], result["threads_each"], result["nodules"]) == (2, 1, 4)  # ⌈3/2⌉ nodules each
+    assert result["slices"] == sum(int(sample_depths(2, seed).sum()) for seed in (0, 1))
+    assert result["slices_per_s"] == pytest.approx(result["slices"] / result["seconds"])
+    assert result["nodules_per_s"] == pytest.approx(4 / result["seconds"])
+
+
+def test_bench_compares_the_folds_processes_with_one_process_and_the_reference(monkeypatch) -> None:
+    torch.set_num_threads(2)
+    measured = []
+
+    def fake(model_config, nodules, rounds, seed, size):
+        measured.append((nodules, rounds, size))
+        return {"processes": 5, "threads_each": 1, "nodules": 5, "slices": 30, "seconds": 0.5,
+                "slices_per_s": 60.0, "nodules_per_s": 10.0}
+
+    monkeypatch.setattr(bench, "measure_fold_processes", fake)
+    plan = Plan(nodules={1: 4}, rounds=1, optimizer_steps=1, reference_at=(1,))
+    result = run_bench(torch.device("cpu"), plan, ModelConfig(variant="none", **TINY), size=16)
+    assert measured == [(4, 1, 16)]
+    one, at_once = result["batches"]["1"]["training"], result["fold_processes"]
+    assert at_once["speedup_vs_batched"] == pytest.approx(60.0 / one["batched"]["slices_per_s"])
+    assert at_once["speedup_vs_reference"] == pytest.approx(60.0 / one["reference"]["slices_per_s"])
+    assert result["projection"]["batched_fold_processes"]["train_h"] == pytest.approx(5 * 150 * 2100 / 10.0 / 3600)
+    assert "the folds in 5 processes × 1 thread(s): 60.0 slices/s" in format_bench(result)
+
+
 def test_cli_bench_rejects_a_missing_gpu(capsys, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU machine too runs this check
     with pytest.raises(SystemExit):
         main(["bench", "--device", "cuda", "--quick"])
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_bench_trains_the_batched_path_in_bf16_and_says_so(capsys) -> None:
+    """--precision bf16: the batched path's step autocasts (more operators: the casts), the
+    reference's stays fp32 (the same count), and the JSON and the header say which ran."""
+    model_config = ModelConfig(variant="full", **TINY)
+    ops = {p: bench.step_ops(model_config, torch.device("cpu"), depth=3, size=16, precision=p)
+           for p in ("fp32", "bf16")}
+    assert ops["bf16"]["batched"]["forward"] > ops["fp32"]["batched"]["forward"]
+    assert ops["bf16"]["reference"] == ops["fp32"]["reference"]
+    plan = Plan(nodules={1: 2}, rounds=1, optimizer_steps=1, reference_at=(1,))
+    result = run_bench(torch.device("cpu"), plan, model_config, size=16, precision="bf16")
+    assert result["environment"]["precision"] == "bf16" and result["environment"]["dtype"] == "float32"
+    assert result["batches"]["1"]["training"]["batched"]["nodules_per_s"] > 0
+    assert "training bf16 autocast (batched path; reference fp32)" in format_bench(result).splitlines()[0]
+    with pytest.raises(SystemExit):
+        main(["bench", "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+

@@ -81,7 +81,7 @@ def test_bad_values_and_keys_fail_with_one_line_naming_them(change: dict, messag
 def test_a_missing_required_key_is_named_and_optional_keys_take_their_defaults() -> None:
     with pytest.raises(ValueError, match=r"missing key train\.epochs \(it must be an integer ≥ 1\)"):
         validate_params(with_change({}, drop=("train.epochs",)))
-    params = validate_params(with_change({}, drop=("model.malignancy",)))
+    params = validate_params(with_change({}, drop=("model.malignancy", "train.precision")))
     assert params["model"]["malignancy"] == "regress" and params["train"]["precision"] == "fp32"
 
 

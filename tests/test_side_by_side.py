@@ -232,7 +232,9 @@ def test_folds_together_setting() -> None:
         fit_folds(data, folds, ModelConfig(**TINY), TrainConfig(epochs=1, batch_nodules=2), progress=False)
 
 
-def test_train_folds_script_writes_what_train_stages_write(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("at_once", [{"folds_together": True}, {"folds_together": False, "fold_processes": 2}],
+                         ids=["side_by_side", "processes"])
+def test_train_folds_script_writes_what_train_stages_write(tmp_path, monkeypatch, capsys, at_once: dict) -> None:
     """All folds at once, or `--fold k` per `train@k` stage: the first trains every fold, the next only writes."""
     data = make_dataset(n_nodules=12, size=16, max_depth=3, seed=2)
     write_dataset(tmp_path / "nodules.h5", data)
@@ -241,7 +243,7 @@ def test_train_folds_script_writes_what_train_stages_write(tmp_path, monkeypatch
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["folds"] = [0, 1]
     params["model"] |= {"variant": "sam"}
-    params["train"] |= {"epochs": 2, "batch_nodules": 1, "device": "cpu", "folds_together": True}
+    params["train"] |= {"epochs": 2, "batch_nodules": 1, "device": "cpu", **at_once}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
 
@@ -254,7 +256,8 @@ def test_train_folds_script_writes_what_train_stages_write(tmp_path, monkeypatch
         return capsys.readouterr().out
 
     run("all")
-    assert "fold 0 epoch 2:" in run("staged", "--fold", "0")  # trains both folds side by side
+    run("staged", "--fold", "0")  # trains both folds at once (the processes' lines go to their own stdout)
+    assert (tmp_path / "staged/ckpt/fold1.pt").exists()
     assert not (tmp_path / "staged/models/fold1").exists()
     second = run("staged", "--fold", "1")
     assert "Resuming fold 1" in second and "epoch 1:" not in second  # finished checkpoint: nothing to train
@@ -268,3 +271,45 @@ def test_train_folds_script_writes_what_train_stages_write(tmp_path, monkeypatch
         for out in ("all", "staged"):
             assert (tmp_path / f"{out}/live/fold{fold}/plots/metrics/val_mae.tsv").read_text().count("\n") == 3
             assert torch.load(tmp_path / f"{out}/ckpt/fold{fold}.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("model", [dict(variant="full"), dict(variant="caam_ascmm", malignancy="classify")],
+                         ids=["full", "classify"])
+def test_bf16_side_by_side_loss_is_finite_close_to_fp32_with_fp32_gradients(model: dict) -> None:
+    """train.precision: bf16 in the vmap'd per-fold loss, on three folds' nodules of different depths."""
+    from nodule_net.data import iterate_resident, resident_nodules, targets_for
+    from nodule_net.side_by_side import ParamLayout, batched_loss
+
+    data, _ = three_folds()
+    nets = []
+    for fold in range(3):
+        torch.manual_seed(fold)
+        nets.append(NoduleNet(ModelConfig(**model, **TINY)))
+    layout = ParamLayout.of(nets[0])
+    params = torch.stack([layout.flatten(list(n.parameters())) for n in nets]).requires_grad_()  # (3, P) fp32
+    nodules = resident_nodules(data, np.arange(len(data)), targets_for(data, None), -800.0, 100.0,
+                               torch.device("cpu"))
+    batches = iterate_resident(nodules, 1, np.random.default_rng(0), True)
+    step = stack_nodules([next(batches) for _ in range(3)], blank=next(batches))
+    assert not step.mask.all()  # padded: the nodules differ in depth
+    losses, grads = {}, {}
+    for precision in ("fp32", "bf16"):
+        losses[precision] = batched_loss(nets[0], layout, 0.1, precision)(params, step.images, step.mask,
+                                                                            step.targets)
+        (grads[precision],) = torch.autograd.grad(losses[precision].sum(), params)
+    assert losses["bf16"].dtype == torch.float32 and torch.isfinite(losses["bf16"]).all()
+    assert grads["bf16"].dtype == torch.float32 and torch.isfinite(grads["bf16"]).all()
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=5e-2, atol=0)
+    assert (losses["bf16"] != losses["fp32"]).all()  # autocast was on, in every fold
+
+
+
+def test_side_by_side_trains_in_bf16_when_asked(tmp_path) -> None:
+    data, folds = three_folds()
+    model_config = ModelConfig(variant="full", **TINY)
+    runs = {p: fit_folds(data, folds, model_config, TrainConfig(epochs=1, seed=0, precision=p), progress=False)
+            for p in ("fp32", "bf16")}
+    for k in folds:
+        fp32, bf16 = (runs[p][k].history[0].train_loss for p in ("fp32", "bf16"))
+        assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=5e-2)
+        assert all(v.dtype == torch.float32 for v in runs["bf16"][k].model_state.values())

@@ -209,7 +209,8 @@ def test_stage_scripts_run_split_train_evaluate(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"epochs": 0}, "train.epochs"), ({"batch_nodules": 0}, "batch_nodules"),
-                                               ({"lambda_aux": -1.0}, "lambda")])
+                                               ({"lambda_aux": -1.0}, "lambda"),
+                                               ({"precision": "fp16"}, "train.precision")])
 def test_train_config_rejects_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
@@ -318,3 +319,91 @@ def test_training_steps_on_gpu_never_wait_for_the_host(batch_nodules: int) -> No
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(torch.stack(losses)).all()
+
+
+# --- train.precision ----------------------------------------------------------------------
+
+
+def steps_on_one_batch(config: dict, precision: str | None, steps: int = 3, old_step: bool = False) -> tuple:
+    """(model, optimizer, losses (steps,)) after ``steps`` training steps of a TINY model on one
+    batch of 3 nodules. ``precision`` None leaves train_step's argument out; ``old_step`` runs
+    train_step's body as it was before train.precision existed."""
+    from nodule_net.data import iterate_resident, resident_nodules
+    from nodule_net.train import make_optimizer, train_step
+
+    data, parts = tiny_parts()
+    nodules = resident_nodules(data, parts["train"], targets_for(data, None), -800.0, 100.0, torch.device("cpu"))
+    batch = next(iterate_resident(nodules, 3))
+    torch.manual_seed(0)
+    model = NoduleNet(ModelConfig(**config, **TINY))
+    optimizer = make_optimizer(model.parameters(), TrainConfig(lr=1e-3), torch.device("cpu"))
+    losses = []
+    for _ in range(steps):
+        if old_step:
+            loss = loss_fn(model(batch.images, batch.segment_ids, len(batch.index)), batch.targets, 0.1,
+                           model.config.classify_column)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        else:
+            losses.append(train_step(model, optimizer, batch, 0.1, *(() if precision is None else (precision,))))
+    return model, optimizer, torch.stack(losses)
+
+
+def test_fp32_training_is_bit_identical_to_the_step_before_train_precision() -> None:
+    before, _, before_losses = steps_on_one_batch(dict(variant="full"), None, old_step=True)
+    for precision in (None, "fp32"):
+        model, _, losses = steps_on_one_batch(dict(variant="full"), precision)
+        torch.testing.assert_close(losses, before_losses, rtol=0, atol=0)
+        for name, value in before.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+BF16_CONFIGS = [dict(variant="full"), dict(variant="3d"), dict(variant="caam_ascmm", malignancy="classify")]
+
+
+@pytest.mark.parametrize("config", BF16_CONFIGS, ids=["full", "3d", "classify"])
+def test_bf16_autocasts_the_forward_and_keeps_fp32_weights_and_adam(config: dict) -> None:
+    """bf16 on the CPU's autocast (emulated on AVX2, slow, but it computes): the first step's
+    loss (same weights, same batch) is close to fp32's but not equal, so autocast is on; what
+    Adam and the checkpoint see stays float32."""
+    _, _, fp32_losses = steps_on_one_batch(config, "fp32")
+    model, optimizer, losses = steps_on_one_batch(config, "bf16")
+    assert losses.dtype == torch.float32 and torch.isfinite(losses).all()
+    torch.testing.assert_close(losses[0], fp32_losses[0], rtol=5e-2, atol=0)
+    assert losses[0] != fp32_losses[0]
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32 and p.grad.dtype == torch.float32, name
+        state = optimizer.state[p]
+        assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32, name
+        assert torch.isfinite(p).all(), name
+
+
+def test_a_bf16_checkpoint_is_not_resumed_by_an_fp32_run(tmp_path) -> None:
+    from nodule_net.train import fingerprint
+
+    data, parts = tiny_parts()
+    model_config = ModelConfig(variant="full", **TINY)
+    bf16, fp32 = (TrainConfig(epochs=1, batch_nodules=2, precision=p) for p in ("bf16", "fp32"))
+    assert fingerprint(data, parts, model_config, bf16, 0) != fingerprint(data, parts, model_config, fp32, 0)
+    trained_bf16 = fit(data, parts, model_config, bf16, 0, tmp_path / "c.pt", progress=False)
+    fp32.epochs = 2  # had it resumed the bf16 checkpoint, it would train epoch 2 only
+    after_bf16 = fit(data, parts, model_config, fp32, 0, tmp_path / "c.pt", progress=False)
+    fresh = fit(data, parts, model_config, fp32, 0, None, progress=False)
+    assert_same_result(after_bf16, fresh)
+    # fit passes the precision down: bf16's first epoch is close to fp32's, not equal.
+    assert trained_bf16.history[0].train_loss == pytest.approx(fresh.history[0].train_loss, rel=5e-2)
+    assert trained_bf16.history[0].train_loss != fresh.history[0].train_loss
+
+
+def test_train_precision_comes_from_params_and_defaults_to_fp32() -> None:
+    from nodule_net.params import validate_params
+    from nodule_net.train import train_config_from_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert train_config_from_params(validate_params(raw)).precision == "fp32"
+    raw["train"]["precision"] = "bf16"
+    assert train_config_from_params(validate_params(raw)).precision == "bf16"
+    del raw["train"]["precision"]  # a params.yaml of before the key
+    assert train_config_from_params(validate_params(raw)).precision == "fp32"

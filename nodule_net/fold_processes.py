@@ -1,0 +1,113 @@
+"""The k folds of an experiment trained at once on a CPU, one process per fold.
+
+Each process runs :func:`nodule_net.train.fit` for its fold exactly as one after another
+would (same seeded streams, checkpoints and model selection), with its share of the
+CPU's threads. The models equal sequential runs within float rounding: only the
+thread count, hence the order of some float sums inside the convolutions, differs.
+
+Why: at one nodule per step the convolutions are small (a few 64² slices), and two
+threads inside one of them do not give twice the speed; one thread per fold does. On
+the 2-core development machine two one-thread processes train ≈ 1.1× the slices per
+second of one two-thread process (README, "Speed": ``nodule-net bench`` measures it as
+``fold processes``). A GPU trains its folds side by side instead (:mod:`nodule_net.side_by_side`).
+
+Every fold's process is started at once, even when there are more folds than threads:
+the operating system shares the cores, so all folds finish together (a pool of fewer
+processes would leave the last fold alone on one thread).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from nodule_net.checkpoint import finished_epochs
+from nodule_net.model import ModelConfig
+from nodule_net.store import NoduleDataset
+from nodule_net.train import FitResult, TrainConfig, fingerprint, fit
+from nodule_net.workers import process_pool
+
+
+class FoldProcesses(NamedTuple):
+    """How the folds of a run train: ``processes`` at once (1: in this process), ``threads`` each."""
+
+    processes: int
+    threads: int
+
+
+def fold_processes(setting: str | int, device: torch.device, n_folds: int, threads: int) -> FoldProcesses:
+    """``train.fold_processes`` resolved: ``auto`` → one process per fold on a CPU with ≥ 2 threads.
+
+    ``threads`` is the intra-op thread budget (``torch.get_num_threads()``), shared evenly,
+    at least one each. On a GPU the folds stay in this process (side by side or one after
+    another); an explicit count > 1 there is an error, since the processes would share one card.
+    """
+    if setting == "auto":
+        processes = n_folds if device.type == "cpu" and threads >= 2 else 1
+    elif isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ValueError(f"train.fold_processes={setting!r} must be auto or a whole number ≥ 1.")
+    elif setting > 1 and device.type != "cpu":
+        raise ValueError(f"train.fold_processes={setting} applies to CPU training; on {device} set it to auto or 1 "
+                         "(train.folds_together trains the folds side by side on a GPU).")
+    else:
+        processes = setting
+    processes = max(1, min(processes, n_folds))
+    return FoldProcesses(processes, max(1, threads // processes) if processes > 1 else threads)
+
+
+# The dataset, sent once to each worker by the pool's initializer rather than with every fold.
+_worker_data: NoduleDataset | None = None
+
+
+def _init_worker(data: NoduleDataset, threads: int) -> None:
+    global _worker_data
+    _worker_data = data
+    torch.set_num_threads(threads)
+
+
+def _fit_fold(task: tuple) -> tuple[int, FitResult]:
+    fold, parts, model_config, train_config, checkpoint_path = task
+    # Epoch lines only: progress bars of several processes would overwrite each other.
+    return fold, fit(_worker_data, parts, model_config, train_config, fold, checkpoint_path, progress_bar=False)
+
+
+def unfinished_folds(
+    data: NoduleDataset,
+    fold_parts: Mapping[int, dict[str, np.ndarray]],
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    checkpoint_paths: Mapping[int, str | os.PathLike] | None,
+) -> list[int]:
+    """The folds of ``fold_parts`` whose checkpoint does not hold all ``train_config.epochs`` yet.
+
+    A finished fold needs no process: ``fit`` reads its result from the checkpoint in an
+    instant (the later ``train@k`` stages, after the first trained every fold).
+    """
+    paths = checkpoint_paths or {}
+    return [fold for fold, parts in fold_parts.items()
+            if finished_epochs(paths.get(fold), fingerprint(data, parts, model_config, train_config, fold))
+            < train_config.epochs]
+
+
+def fit_in_processes(
+    data: NoduleDataset,
+    fold_parts: Mapping[int, dict[str, np.ndarray]],
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    checkpoint_paths: Mapping[int, str | os.PathLike] | None,
+    plan: FoldProcesses,
+) -> dict[int, FitResult]:
+    """:func:`~nodule_net.train.fit` for every fold of ``fold_parts``, ``plan.processes`` at a time.
+
+    A worker's error (a non-finite loss, say) is raised here as it was raised there; a
+    Ctrl-C stops every worker (each keeps its last finished epoch's checkpoint).
+    """
+    paths = checkpoint_paths or {}
+    tasks = [(fold, parts, model_config, train_config, paths.get(fold)) for fold, parts in fold_parts.items()]
+    with process_pool(plan.processes, _init_worker, (data, plan.threads)) as pool:
+        results = dict(pool.imap_unordered(_fit_fold, tasks))
+    return {fold: results[fold] for fold in fold_parts}

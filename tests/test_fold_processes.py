@@ -1,0 +1,95 @@
+"""Folds trained at once in processes on a CPU: the plan, equality with one after another, finished folds, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_side_by_side import three_folds
+from test_train import TINY
+
+from nodule_net import side_by_side
+from nodule_net.checkpoint import finished_epochs
+from nodule_net.fold_processes import FoldProcesses, fold_processes, unfinished_folds
+from nodule_net.model import ModelConfig
+from nodule_net.side_by_side import train_folds
+from nodule_net.train import TrainConfig, fingerprint, fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
+
+
+def test_plan_shares_the_threads_among_one_process_per_fold() -> None:
+    assert fold_processes("auto", CPU, n_folds=5, threads=2) == FoldProcesses(5, 1)  # more folds than cores
+    assert fold_processes("auto", CPU, n_folds=5, threads=16) == FoldProcesses(5, 3)
+    assert fold_processes("auto", CPU, n_folds=5, threads=1) == FoldProcesses(1, 1)  # nothing to share
+    assert fold_processes("auto", CPU, n_folds=1, threads=8) == FoldProcesses(1, 8)  # one fold keeps every thread
+    assert fold_processes("auto", CPU, n_folds=0, threads=8) == FoldProcesses(1, 8)
+    assert fold_processes("auto", GPU, n_folds=5, threads=8) == FoldProcesses(1, 8)  # GPUs: side by side instead
+    assert fold_processes(2, CPU, n_folds=5, threads=8) == FoldProcesses(2, 4)
+    assert fold_processes(8, CPU, n_folds=3, threads=8) == FoldProcesses(3, 2)
+    assert fold_processes(1, GPU, n_folds=5, threads=8) == FoldProcesses(1, 8)
+    with pytest.raises(ValueError, match=r"train.fold_processes=2 applies to CPU training"):
+        fold_processes(2, GPU, n_folds=5, threads=8)
+    for bad in (0, -1, True, "two", 1.5):
+        with pytest.raises(ValueError, match="train.fold_processes"):
+            fold_processes(bad, CPU, n_folds=5, threads=8)
+
+
+def test_folds_in_processes_equal_folds_one_after_another(tmp_path) -> None:
+    """Same thread count (one) in the workers and here: the same floats to the bit, and the same checkpoints."""
+    data, folds = three_folds()
+    model_config = ModelConfig(variant="full", **TINY)
+    config = TrainConfig(epochs=2, seed=3)
+    seen = []
+    together = train_folds(data, folds, model_config, config, False, {k: tmp_path / f"p{k}.pt" for k in folds},
+                           lambda fold, record: seen.append((fold, record.epoch)), progress=False, processes=3)
+    # Curves arrive fold by fold, every epoch once, in the folds' order.
+    assert seen == [(k, e) for k in folds for e in (1, 2)]
+    for k, parts in folds.items():
+        alone = fit(data, parts, model_config, config, k, tmp_path / f"a{k}.pt", progress=False)
+        assert together[k].best_epoch == alone.best_epoch and together[k].history == alone.history
+        assert (together[k].mean, together[k].std) == (alone.mean, alone.std)
+        for name, value in alone.model_state.items():
+            torch.testing.assert_close(together[k].model_state[name], value, rtol=0, atol=0, msg=name)
+        assert finished_epochs(tmp_path / f"p{k}.pt", fingerprint(data, parts, model_config, config, k)) == 2
+
+
+def test_finished_folds_load_here_and_only_the_rest_get_processes(tmp_path, monkeypatch) -> None:
+    data, folds = three_folds()
+    model_config = ModelConfig(variant="none", **TINY)
+    config = TrainConfig(epochs=1, seed=0)
+    paths = {k: tmp_path / f"fold{k}.pt" for k in folds}
+    first = fit(data, folds[0], model_config, config, 0, paths[0], progress=False)
+    assert unfinished_folds(data, folds, model_config, config, paths) == [1, 2]
+    assert unfinished_folds(data, folds, model_config, TrainConfig(epochs=2, seed=0), paths) == [0, 1, 2]
+    assert unfinished_folds(data, folds, model_config, TrainConfig(epochs=1, seed=1), paths) == [0, 1, 2]
+
+    started = []
+    real = side_by_side.fit_in_processes
+
+    def spy(data, fold_parts, *args):
+        started.append(sorted(fold_parts))
+        return real(data, fold_parts, *args)
+
+    monkeypatch.setattr(side_by_side, "fit_in_processes", spy)
+    results = train_folds(data, folds, model_config, config, False, paths, progress=False, processes="auto")
+    assert started == []  # one thread here: auto trains one fold after another
+    results = train_folds(data, folds, model_config, config, False, paths, progress=False, processes=3)
+    assert started == []  # every fold finished: nothing to start
+    paths[1].unlink()
+    paths[2].unlink()
+    again = train_folds(data, folds, model_config, config, False, paths, progress=False, processes=3)
+    assert started == [[1, 2]]
+    for k in folds:
+        for name, value in results[k].model_state.items():
+            torch.testing.assert_close(again[k].model_state[name], value, rtol=0, atol=0)
+    assert again[0].history == first.history
+
+
+def test_a_workers_error_reaches_the_caller(tmp_path) -> None:
+    data, folds = three_folds()
+    folds[2]["val"] = np.array([], dtype=np.int64)  # fit refuses a fold without validation nodules
+    with pytest.raises(ValueError, match="Fold 2 has no val nodules"):
+        train_folds(data, folds, ModelConfig(variant="none", **TINY), TrainConfig(epochs=1), False,
+                    {k: tmp_path / f"fold{k}.pt" for k in folds}, progress=False, processes=3)
