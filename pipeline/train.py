@@ -24,7 +24,7 @@ from dvclive import Live
 from nodule_net.checkpoint import model_path
 from nodule_net.device import resolve_device
 from nodule_net.files import check_writable
-from nodule_net.fold_processes import fold_processes
+from nodule_net.fold_processes import fold_processes, unfinished_folds
 from nodule_net.model import ModelConfig, NoduleNet
 from nodule_net.params import load_params, user_errors_exit
 from nodule_net.side_by_side import folds_together, train_folds
@@ -69,6 +69,9 @@ def main() -> None:
     data = read_dataset(args.dataset)
     splits = read_splits(args.splits)
     fold_parts = {k: fold_indices(splits, k, data.nodule_id) for k in trained}
+    if at_once:  # the folds finished by an earlier train@k need no loading, except the ones written here
+        pending = set(unfinished_folds(data, fold_parts, model_config, train_config, checkpoints))
+        fold_parts = {k: parts for k, parts in fold_parts.items() if k in pending or k in written}
     with ExitStack() as stack:
         lives = {k: stack.enter_context(Live(str(Path(args.live) / f"fold{k}"), dvcyaml=None, save_dvc_exp=False))
                  for k in written}

@@ -260,7 +260,8 @@ def test_train_folds_script_writes_what_train_stages_write(tmp_path, monkeypatch
     assert (tmp_path / "staged/ckpt/fold1.pt").exists()
     assert not (tmp_path / "staged/models/fold1").exists()
     second = run("staged", "--fold", "1")
-    assert "Resuming fold 1" in second and "epoch 1:" not in second  # finished checkpoint: nothing to train
+    # Finished checkpoints: nothing to train, and only the written fold is loaded.
+    assert "Resuming fold 1" in second and "Resuming fold 0" not in second and "epoch 1:" not in second
     for fold in (0, 1):
         saved = [torch.load(tmp_path / f"{out}/models/fold{fold}/model.pt", weights_only=True) for out in ("all", "staged")]
         summary = json.loads((tmp_path / f"staged/live/fold{fold}/metrics.json").read_text())
