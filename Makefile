@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # PyPI's default (CUDA on Linux x86_64). Override with `make TORCH='torch==2.x' ...`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install dicom-tools repro test clean-venv
+.PHONY: install dicom-tools repro test gpu-check clean-venv
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ repro: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# On a machine with a CUDA GPU: the measurements and tests that a CPU cannot do (README,
+# "Speed"). About 10 minutes; the JSON files land in gpu-check/ (git-ignored).
+gpu-check: install
+	mkdir -p gpu-check
+	$(BIN)/nodule-net bench --device cuda --json > gpu-check/bench-fp32.json
+	$(BIN)/nodule-net bench --device cuda --quick --precision bf16 --json > gpu-check/bench-bf16-quick.json
+	$(BIN)/python -m pytest -q -rs tests/test_train.py tests/test_data.py tests/test_side_by_side.py tests/test_device.py tests/test_bench.py
 
 clean-venv:
 	rm -rf $(VENV)
