@@ -175,8 +175,10 @@ def test_stage_scripts_refuse_another_checkouts_package(tmp_path) -> None:
     assert as_module.stderr.strip() == "error: params.yaml: seed = ['not', 'valid'] is not allowed; it must be an integer ≥ 0."
 
 
-def test_ctrl_c_during_training_exits_130_with_one_line(tmp_path) -> None:
-    """A real SIGINT to `python -m pipeline.train` after its first checkpoint: no traceback, exit 130."""
+@pytest.mark.parametrize("processes", [1, 2], ids=["in_process", "fold_processes"])
+def test_ctrl_c_during_training_exits_130_with_one_line(tmp_path, processes: int) -> None:
+    """A real SIGINT to `python -m pipeline.train` after its first checkpoint: no traceback, exit 130
+    (with the folds in worker processes too: the pool is terminated, no worker prints anything)."""
     sys.path.insert(0, str(REPO / "tests"))
     from synthetic_nodules import make_dataset
 
@@ -186,7 +188,7 @@ def test_ctrl_c_during_training_exits_130_with_one_line(tmp_path) -> None:
     data = make_dataset(n_nodules=8, size=16, max_depth=2, seed=3)
     write_dataset(tmp_path / "nodules.h5", data)
     write_splits(tmp_path / "splits.json", kfold_split(data.nodule_id, data.patient_id, 2, seed=0, val_fraction=0.2))
-    raw = with_change({"train.epochs": 1000, "train.device": "cpu", "folds": [0, 1]})
+    raw = with_change({"train.epochs": 1000, "train.device": "cpu", "folds": [0, 1], "train.fold_processes": processes})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     checkpoint = tmp_path / "ckpt" / "fold0.pt"
     cmd = [sys.executable, "-m", "pipeline.train", "--dataset", str(tmp_path / "nodules.h5"),
