@@ -19,7 +19,10 @@ processes would leave the last fold alone on one thread).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import queue
+import time
+from collections.abc import Callable, Mapping
+from multiprocessing import get_context
 from typing import NamedTuple
 
 import numpy as np
@@ -28,7 +31,7 @@ import torch
 from nodule_net.checkpoint import finished_epochs
 from nodule_net.model import ModelConfig
 from nodule_net.store import NoduleDataset
-from nodule_net.train import FitResult, TrainConfig, fingerprint, fit
+from nodule_net.train import EpochRecord, FitResult, TrainConfig, fingerprint, fit
 from nodule_net.workers import process_pool
 
 
@@ -59,20 +62,27 @@ def fold_processes(setting: str | int, device: torch.device, n_folds: int, threa
     return FoldProcesses(processes, max(1, threads // processes) if processes > 1 else threads)
 
 
-# The dataset, sent once to each worker by the pool's initializer rather than with every fold.
+# Sent once to each worker by the pool's initializer rather than with every fold: the
+# dataset, and the queue on which the workers report each finished epoch to the parent.
 _worker_data: NoduleDataset | None = None
+_worker_epochs = None
 
 
-def _init_worker(data: NoduleDataset, threads: int) -> None:
-    global _worker_data
-    _worker_data = data
+def _init_worker(data: NoduleDataset, threads: int, epochs) -> None:
+    global _worker_data, _worker_epochs
+    _worker_data, _worker_epochs = data, epochs
     torch.set_num_threads(threads)
 
 
 def _fit_fold(task: tuple) -> tuple[int, FitResult]:
     fold, parts, model_config, train_config, checkpoint_path = task
+
+    def report(record: EpochRecord) -> None:  # after the epoch's checkpoint, as on_epoch everywhere
+        _worker_epochs.put((fold, tuple(record)))
+
     # Epoch lines only: progress bars of several processes would overwrite each other.
-    return fold, fit(_worker_data, parts, model_config, train_config, fold, checkpoint_path, progress_bar=False)
+    return fold, fit(_worker_data, parts, model_config, train_config, fold, checkpoint_path, report,
+                     progress_bar=False)
 
 
 def unfinished_folds(
@@ -100,14 +110,37 @@ def fit_in_processes(
     train_config: TrainConfig,
     checkpoint_paths: Mapping[int, str | os.PathLike] | None,
     plan: FoldProcesses,
+    on_epoch: Callable[[int, EpochRecord], None] | None = None,
 ) -> dict[int, FitResult]:
     """:func:`~nodule_net.train.fit` for every fold of ``fold_parts``, ``plan.processes`` at a time.
 
-    A worker's error (a non-finite loss, say) is raised here as it was raised there; a
-    Ctrl-C stops every worker (each keeps its last finished epoch's checkpoint).
+    ``on_epoch(fold, record)`` runs here, in this process, as each worker finishes an epoch
+    (so dvclive's curves grow during training): for each fold once per epoch, in order,
+    including the epochs a resumed checkpoint holds. A worker's error (a non-finite loss,
+    say) is raised here as it was raised there; a Ctrl-C stops every worker (each keeps its
+    last finished epoch's checkpoint).
     """
     paths = checkpoint_paths or {}
     tasks = [(fold, parts, model_config, train_config, paths.get(fold)) for fold, parts in fold_parts.items()]
-    with process_pool(plan.processes, _init_worker, (data, plan.threads)) as pool:
-        results = dict(pool.imap_unordered(_fit_fold, tasks))
+    epochs = get_context("spawn").Queue()
+    with process_pool(plan.processes, _init_worker, (data, plan.threads, epochs)) as pool:
+        running = pool.map_async(_fit_fold, tasks, chunksize=1)
+        # fit reports every epoch once, resumed ones included. A worker's queue is flushed by a
+        # thread of its own, so its last epochs may arrive after its result: count them in.
+        waiting, grace_until = len(tasks) * train_config.epochs, None
+        while waiting:
+            try:
+                fold, record = epochs.get(timeout=0.2)
+            except queue.Empty:
+                if running.ready() and not running.successful():
+                    break  # the worker's error is raised below
+                if running.ready():
+                    grace_until = grace_until or time.monotonic() + 10
+                    if time.monotonic() > grace_until:
+                        raise RuntimeError(f"{waiting} epoch reports of the fold processes never arrived.") from None
+                continue
+            waiting -= 1
+            if on_epoch is not None:
+                on_epoch(fold, EpochRecord(*record))
+        results = dict(running.get())  # a worker's exception is raised here
     return {fold: results[fold] for fold in fold_parts}

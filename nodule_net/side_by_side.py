@@ -413,7 +413,7 @@ def train_folds(
     """Every fold of ``fold_parts``: side by side (:func:`fit_folds`), in one process per fold
     (:mod:`nodule_net.fold_processes`) or one after another (``fit``), as ``together``
     (``train.folds_together``) and ``processes`` (``train.fold_processes``) resolve on the
-    training device. In processes, ``on_epoch`` sees each fold's epochs once the fold is done."""
+    training device."""
     device = resolve_device(train_config.device)
     if folds_together(together, device, train_config.batch_nodules):
         return fit_folds(data, fold_parts, model_config, train_config, checkpoint_paths, on_epoch, progress)
@@ -424,12 +424,11 @@ def train_folds(
         plan = fold_processes(processes, device, len(pending), threads)
         if plan.processes > 1:
             pending_parts = {fold: fold_parts[fold] for fold in pending}
-            results = fit_in_processes(data, pending_parts, model_config, train_config, checkpoint_paths, plan)
+            results = fit_in_processes(data, pending_parts, model_config, train_config, checkpoint_paths, plan,
+                                       on_epoch)
     paths = checkpoint_paths or {}
     for fold, parts in fold_parts.items():  # the rest one after another; finished folds only load
         if fold in results:
-            for record in results[fold].history if on_epoch is not None else ():
-                on_epoch(fold, record)
             continue
         log = (lambda record, fold=fold: on_epoch(fold, record)) if on_epoch is not None else None
         results[fold] = fit(data, parts, model_config, train_config, fold, paths.get(fold), log, progress)
