@@ -123,6 +123,10 @@ def sample_depths(n: int, seed: int = 0, table: dict[int, int] | None = None) ->
     return np.random.default_rng(seed).permutation(depths)
 
 
+# Synthetic slices: HU ~ N(mean, std), roughly lung and soft tissue; also their normalisation.
+SYNTHETIC_HU = (-500.0, 300.0)
+
+
 def synthetic_nodules(depths: np.ndarray, size: int = 64, seed: int = 0) -> NoduleDataset:
     """A :class:`NoduleDataset` of random CT-like slices (HU) with the given depths and random ratings."""
     rng = np.random.default_rng(seed)
@@ -130,12 +134,18 @@ def synthetic_nodules(depths: np.ndarray, size: int = 64, seed: int = 0) -> Nodu
     offsets = np.concatenate([[0], np.cumsum(depths)]).astype(np.int64)
     ratings = RATING_MIN + rng.random((n, N_ATTRIBUTES)) * (RATING_MAX - RATING_MIN)
     return NoduleDataset(
-        images=rng.normal(-500.0, 300.0, (int(offsets[-1]), size, size)).astype(np.float32),
+        images=rng.normal(*SYNTHETIC_HU, (int(offsets[-1]), size, size)).astype(np.float32),
         offsets=offsets, ratings=ratings, reader_ratings=ratings[:, None], n_readers=np.ones(n, dtype=np.int64),
         nodule_id=np.array([f"synthetic/n{i}" for i in range(n)]), patient_id=np.array(["synthetic"] * n),
         scan_id=np.zeros(n, dtype=np.int64), spacing_mm=np.ones((n, 3)), bbox=np.zeros((n, 6), dtype=np.int64),
         slice_index=np.arange(offsets[-1], dtype=np.int64), attrs={"source": "synthetic"},
     )
+
+
+def resident_synthetic(depths: np.ndarray, device: torch.device, size: int = 64, seed: int = 0) -> ResidentNodules:
+    """:func:`synthetic_nodules` of ``depths``, normalised and on ``device`` as training holds them."""
+    data = synthetic_nodules(depths, size=size, seed=seed)
+    return resident_nodules(data, range(len(depths)), targets_for(data, None), *SYNTHETIC_HU, device)
 
 
 def _region(event) -> str:
@@ -292,8 +302,7 @@ def step_ops(model_config: ModelConfig, device: torch.device, depth: int, size: 
     one at ``precision``), and the reference with foreach Adam (how the issue counted today's
     step); plus the data pipeline's operators for one augmented one-nodule batch."""
     train_config = TrainConfig()
-    data = synthetic_nodules(np.array([depth, depth]), size=size)
-    nodules = resident_nodules(data, [0, 1], targets_for(data, None), -500.0, 300.0, device)
+    nodules = resident_synthetic(np.array([depth, depth]), device, size=size)
     counts = {}
     for name, path, foreach in (("batched", "batched", None), ("reference", "reference", None),
                                 ("reference_foreach_adam", "reference", True)):
@@ -337,28 +346,8 @@ def optimizer_step_ms(model_config: ModelConfig, device: torch.device, steps: in
     return out
 
 
-def _fold_process(task: tuple) -> list[tuple[float, float]]:
-    """One fold's process of :func:`measure_fold_processes`: (start, end) of each timed training pass."""
-    model_config, n, batch_nodules, seed, rounds, size, barrier = task
-    device = torch.device("cpu")
-    data = synthetic_nodules(sample_depths(n, seed), size=size, seed=seed)
-    nodules = resident_nodules(data, range(n), targets_for(data, None), -500.0, 300.0, device)
-    model, optimizer = build("batched", model_config, TrainConfig(batch_nodules=batch_nodules), device, seed)
-
-    def one_pass() -> None:
-        train_epoch(model, optimizer, iterate_resident(nodules, batch_nodules, np.random.default_rng(seed), True),
-                    TrainConfig().lambda_aux, device)
-
-    one_pass()  # warm-up: this process's kernels for every depth
-    spans = []
-    for _ in range(rounds):
-        barrier.wait()  # every process starts each timed pass together
-        start = time.monotonic()  # system-wide clock: comparable across processes
-        one_pass()
-        spans.append((start, time.monotonic()))
-    return spans
-
-
+# The barrier every fold process waits at, handed over when the pool starts it (a
+# synchronisation object cannot travel with a task).
 _bench_barrier = None
 
 
@@ -368,8 +357,25 @@ def _init_fold_process(barrier, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _fold_process_task(task: tuple) -> list[tuple[float, float]]:
-    return _fold_process((*task, _bench_barrier))
+def _fold_process(task: tuple) -> list[tuple[float, float]]:
+    """One fold's process of :func:`measure_fold_processes`: (start, end) of each timed training pass."""
+    model_config, n, batch_nodules, seed, rounds, size = task
+    device = torch.device("cpu")
+    nodules = resident_synthetic(sample_depths(n, seed), device, size=size, seed=seed)
+    model, optimizer = build("batched", model_config, TrainConfig(batch_nodules=batch_nodules), device, seed)
+
+    def one_pass() -> None:
+        train_epoch(model, optimizer, iterate_resident(nodules, batch_nodules, np.random.default_rng(seed), True),
+                    TrainConfig().lambda_aux, device)
+
+    one_pass()  # warm-up: this process's kernels for every depth
+    spans = []
+    for _ in range(rounds):
+        _bench_barrier.wait()  # every process starts each timed pass together
+        start = time.monotonic()  # system-wide clock: comparable across processes
+        one_pass()
+        spans.append((start, time.monotonic()))
+    return spans
 
 
 def measure_fold_processes(model_config: ModelConfig, nodules: int, rounds: int, seed: int = 0,
@@ -387,7 +393,7 @@ def measure_fold_processes(model_config: ModelConfig, nodules: int, rounds: int,
     barrier = get_context("spawn").Barrier(plan.processes)
     tasks = [(model_config, per_process, 1, seed + i, rounds, size) for i in range(plan.processes)]
     with process_pool(plan.processes, _init_fold_process, (barrier, plan.threads)) as pool:
-        spans = pool.map(_fold_process_task, tasks, chunksize=1)  # one task per worker: each waits at the barrier
+        spans = pool.map(_fold_process, tasks, chunksize=1)  # one task per worker: each waits at the barrier
     walls = [max(s[r][1] for s in spans) - min(s[r][0] for s in spans) for r in range(rounds)]
     seconds = statistics.median(walls)
     return {"processes": plan.processes, "threads_each": plan.threads, "nodules": per_process * plan.processes,
@@ -430,9 +436,7 @@ def run_bench(device: torch.device, plan: Plan = FULL, model_config: ModelConfig
     result["batches"] = {}
     for batch_nodules, n in plan.nodules.items():
         say(f"timing {n} nodules, {batch_nodules} per step")
-        depths = sample_depths(n, seed)
-        data = synthetic_nodules(depths, size=size, seed=seed)
-        nodules = resident_nodules(data, range(n), targets_for(data, None), -500.0, 300.0, device)
+        nodules = resident_synthetic(sample_depths(n, seed), device, size=size, seed=seed)
         paths = PATHS if plan.reference_at is None or batch_nodules in plan.reference_at else ("batched",)
         result["batches"][str(batch_nodules)] = measure(model_config, nodules, batch_nodules, plan.rounds, device,
                                                         seed, paths, precision)

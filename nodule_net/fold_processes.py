@@ -19,8 +19,6 @@ processes would leave the last fold alone on one thread).
 from __future__ import annotations
 
 import os
-import queue
-import time
 from collections.abc import Callable, Mapping
 from multiprocessing import get_context
 from typing import NamedTuple
@@ -122,25 +120,19 @@ def fit_in_processes(
     """
     paths = checkpoint_paths or {}
     tasks = [(fold, parts, model_config, train_config, paths.get(fold)) for fold, parts in fold_parts.items()]
-    epochs = get_context("spawn").Queue()
+    # A SimpleQueue's put writes to the pipe before it returns (a Queue's is flushed later by a
+    # thread), so a worker's epochs are all in the pipe once its result is in.
+    epochs = get_context("spawn").SimpleQueue()
     with process_pool(plan.processes, _init_worker, (data, plan.threads, epochs)) as pool:
         running = pool.map_async(_fit_fold, tasks, chunksize=1)
-        # fit reports every epoch once, resumed ones included. A worker's queue is flushed by a
-        # thread of its own, so its last epochs may arrive after its result: count them in.
-        waiting, grace_until = len(tasks) * train_config.epochs, None
-        while waiting:
-            try:
-                fold, record = epochs.get(timeout=0.2)
-            except queue.Empty:
-                if running.ready() and not running.successful():
-                    break  # the worker's error is raised below
-                if running.ready():
-                    grace_until = grace_until or time.monotonic() + 10
-                    if time.monotonic() > grace_until:
-                        raise RuntimeError(f"{waiting} epoch reports of the fold processes never arrived.") from None
-                continue
-            waiting -= 1
-            if on_epoch is not None:
-                on_epoch(fold, EpochRecord(*record))
+        while True:
+            done = running.ready()  # before draining: nothing can arrive after a done drain
+            while not epochs.empty():
+                fold, record = epochs.get()
+                if on_epoch is not None:
+                    on_epoch(fold, EpochRecord(*record))
+            if done:
+                break
+            running.wait(0.2)
         results = dict(running.get())  # a worker's exception is raised here
     return {fold: results[fold] for fold in fold_parts}
