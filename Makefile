@@ -37,12 +37,11 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # On a machine with a CUDA GPU: the measurements and tests that a CPU cannot do (README,
-# "Speed"). About 10 minutes; the JSON files land in gpu-check/ (git-ignored).
+# "Speed": `python -m nodule_net.gpu_check`). At most 9 minutes; results in gpu-check/
+# (git-ignored). The phantom's dataset and folds come from `dvc repro split`.
 gpu-check: install
-	mkdir -p gpu-check
-	$(BIN)/nodule-net bench --device cuda --json > gpu-check/bench-fp32.json
-	$(BIN)/nodule-net bench --device cuda --quick --precision bf16 --json > gpu-check/bench-bf16-quick.json
-	$(BIN)/python -m pytest -q -rs tests/test_train.py tests/test_data.py tests/test_side_by_side.py tests/test_device.py tests/test_bench.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
+	$(BIN)/python -m nodule_net.gpu_check --out gpu-check
 
 clean-venv:
 	rm -rf $(VENV)
