@@ -12,6 +12,8 @@ paper's) and packed 8 and 32:
 - the time of one optimiser step for the per-tensor, foreach and fused Adam;
 - on a CPU, training with the protocol's folds at once in processes (``train.fold_processes:
   auto``), against one process and the reference;
+- on a CPU, the convolutions' share of a one-nodule-per-step training pass, and so the
+  most any change to everything else could speed training up over the reference;
 - the projected wall time of the paper's protocol (:class:`Protocol`) at those speeds.
 
 Every measurement also runs the per-attribute reference (:mod:`nodule_net.reference`)
@@ -346,6 +348,31 @@ def optimizer_step_ms(model_config: ModelConfig, device: torch.device, steps: in
     return out
 
 
+# The convolutions, forward and backward, as torch.profiler names them (every conv layer
+# of both paths goes through these two, whichever kernel computes it).
+CONVOLUTIONS = ("aten::convolution", "aten::convolution_backward")
+
+
+def convolution_share(model_config: ModelConfig, nodules: ResidentNodules, device: torch.device, seed: int = 0,
+                      precision: str = "fp32") -> float:
+    """Share of a one-nodule-per-step training pass of the batched path over ``nodules`` (after a
+    warm-up pass) spent in the convolutions: their operators' inclusive profiler times over the
+    pass's wall time. Meant for a CPU, where those times are compute; on CUDA they would be
+    launch times."""
+    model, optimizer = build("batched", model_config, TrainConfig(), device, seed)
+
+    def one_pass() -> None:
+        train_epoch(model, optimizer, iterate_resident(nodules, 1, np.random.default_rng(seed), True),
+                    TrainConfig().lambda_aux, device, precision)
+
+    one_pass()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = _timed(one_pass, device)
+    microseconds = sum(e.cpu_time_total for e in prof.events() if e.name in CONVOLUTIONS
+                       and not (e.cpu_parent is not None and e.cpu_parent.name in CONVOLUTIONS))
+    return microseconds / 1e6 / wall
+
+
 # The barrier every fold process waits at, handed over when the pool starts it (a
 # synchronisation object cannot travel with a task).
 _bench_barrier = None
@@ -446,6 +473,13 @@ def run_bench(device: torch.device, plan: Plan = FULL, model_config: ModelConfig
             path: project_protocol(one["training"][path]["nodules_per_s"], one["inference"][path]["nodules_per_s"])
             for path in PATHS if path in one["training"]
         }
+    if one is not None and device.type == "cpu" and "reference" in one["training"]:
+        say("profiling the convolutions' share of training")
+        share = convolution_share(model_config, resident_synthetic(sample_depths(plan.nodules[1], seed), device,
+                                                                   size=size, seed=seed), device, seed, precision)
+        seconds = {path: one["training"][path]["seconds"] for path in PATHS}
+        # Were everything but the convolutions free, a pass would take share × today's time.
+        result["convolutions"] = {"share": share, "max_speedup": seconds["reference"] / (share * seconds["batched"])}
     if one is not None and device.type == "cpu" and precision == "fp32":
         say("timing the folds in processes (train.fold_processes: auto)")
         at_once = measure_fold_processes(model_config, plan.nodules[1], plan.rounds, seed, size=size)
@@ -486,6 +520,9 @@ def format_bench(result: dict) -> str:
         ref = f", {fp['speedup_vs_reference']:.2f}× the reference" if "speedup_vs_reference" in fp else ""
         lines.append(f"training, 1 per step, the folds in {fp['processes']} processes × {fp['threads_each']} "
                      f"thread(s): {fp['slices_per_s']:.1f} slices/s, {fp['speedup_vs_batched']:.2f}× one process{ref}")
+    if (conv := result.get("convolutions")) is not None:
+        lines.append(f"training, 1 per step: the convolutions take {conv['share']:.0%} of a pass; were the rest free, "
+                     f"training would be at most {conv['max_speedup']:.2f}× the reference")
     ops = result["ops_per_step"]
     lines += ["", "operators per training step, one nodule (forward + backward + optimizer = total)"]
     for name in ("batched", "reference", "reference_foreach_adam"):

@@ -8,8 +8,9 @@ thread count, hence the order of some float sums inside the convolutions, differ
 Why: at one nodule per step the convolutions are small (a few 64² slices), and two
 threads inside one of them do not give twice the speed; one thread per fold does. On
 the 2-core development machine two one-thread processes train ≈ 1.1× the slices per
-second of one two-thread process (README, "Speed": ``nodule-net bench`` measures it as
-``fold processes``). A GPU trains its folds side by side instead (:mod:`nodule_net.side_by_side`).
+second of one two-thread process (README, "Speed": ``nodule-net bench`` measures it,
+``fold_processes`` in its JSON). A GPU trains its folds side by side instead
+(:mod:`nodule_net.side_by_side`); :func:`nodule_net.folds.train_folds` chooses.
 
 Every fold's process is started at once, even when there are more folds than threads:
 the operating system shares the cores, so all folds finish together (a pool of fewer

@@ -119,7 +119,7 @@ def phantom_runs(dataset: str, splits_path: str, params_path: str, device_name: 
     from nodule_net.evaluate import jsonable, mae_metrics, predict_folds
     from nodule_net.model import ModelConfig
     from nodule_net.params import load_params
-    from nodule_net.side_by_side import train_folds
+    from nodule_net.folds import train_folds
     from nodule_net.split import fold_indices, read_splits
     from nodule_net.store import read_dataset
     from nodule_net.train import check_precision, save_model, train_config_from_params

@@ -245,11 +245,12 @@ def validation_mae(
 
 
 # Modules whose code defines what training produces: the ones that write checkpoints (this
-# one; side_by_side.py trains folds side by side into the same checkpoints) and every package
-# module they import, read from the source like dvc.yaml's deps guard. DVC re-runs `train`
-# when they change; a checkpoint written by other code must then not be resumed.
+# one; side_by_side.py trains folds side by side into the same checkpoints; folds.py runs
+# either, or fit in fold processes) and every package module they import, read from the
+# source like dvc.yaml's deps guard. DVC re-runs `train` when they change; a checkpoint
+# written by other code must then not be resumed.
 TRAINING_CODE = tuple(sorted({
-    p.relative_to(PACKAGE_DIR).as_posix() for writer in ("train.py", "side_by_side.py")
+    p.relative_to(PACKAGE_DIR).as_posix() for writer in ("train.py", "side_by_side.py", "folds.py")
     for p in import_closure(PACKAGE_DIR / writer)
 }))
 

@@ -27,7 +27,8 @@ from nodule_net.files import check_writable
 from nodule_net.fold_processes import fold_processes, unfinished_folds
 from nodule_net.model import ModelConfig, NoduleNet
 from nodule_net.params import load_params, user_errors_exit
-from nodule_net.side_by_side import folds_together, train_folds
+from nodule_net.folds import train_folds
+from nodule_net.side_by_side import folds_together
 from nodule_net.split import fold_indices, read_splits
 from nodule_net.store import read_dataset
 from nodule_net.train import EpochRecord, save_model, train_config_from_params

@@ -18,6 +18,7 @@ from nodule_net.bench import (
     measure_fold_processes,
     project_protocol,
     run_bench,
+    resident_synthetic,
     sample_depths,
 )
 from nodule_net import bench
@@ -137,8 +138,21 @@ def test_quick_bench_on_a_tiny_model_runs_and_reports_both_paths() -> None:
             one["training"]["reference"]["seconds"] / one["training"]["batched"]["seconds"])
     projection = result["projection"]["batched"]
     assert projection["train_h"] == pytest.approx(5 * 150 * 2100 / one["training"]["batched"]["nodules_per_s"] / 3600)
+    conv = result["convolutions"]
+    assert 0 < conv["share"] < 1
+    assert conv["max_speedup"] == pytest.approx(
+        one["training"]["reference"]["seconds"] / (conv["share"] * one["training"]["batched"]["seconds"]))
     text = format_bench(result)
     assert "training, 1 per step" in text and "reference_foreach_adam" in text and "projected" in text
+    assert f"the convolutions take {conv['share']:.0%} of a pass" in text
+
+
+def test_convolution_share_grows_with_the_convolutions() -> None:
+    """Wider convolutions, same heads: the convolutions' share of a training pass must rise."""
+    nodules = resident_synthetic(sample_depths(4), torch.device("cpu"), size=16)
+    narrow, wide = (bench.convolution_share(ModelConfig(variant="none", **(TINY | {"widths": w})), nodules,
+                                            torch.device("cpu")) for w in ((2, 2), (32, 64)))
+    assert 0 < narrow < wide < 1
 
 
 def test_folds_in_processes_are_timed_together() -> None:

@@ -8,11 +8,11 @@ import torch
 from test_side_by_side import three_folds
 from test_train import TINY
 
-from nodule_net import side_by_side
+from nodule_net import folds as folds_module
 from nodule_net.checkpoint import finished_epochs
 from nodule_net.fold_processes import FoldProcesses, fold_processes, unfinished_folds
 from nodule_net.model import ModelConfig
-from nodule_net.side_by_side import train_folds
+from nodule_net.folds import train_folds
 from nodule_net.train import TrainConfig, fingerprint, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,13 +67,13 @@ def test_finished_folds_load_here_and_only_the_rest_get_processes(tmp_path, monk
     assert unfinished_folds(data, folds, model_config, TrainConfig(epochs=1, seed=1), paths) == [0, 1, 2]
 
     started = []
-    real = side_by_side.fit_in_processes
+    real = folds_module.fit_in_processes
 
     def spy(data, fold_parts, *args):
         started.append(sorted(fold_parts))
         return real(data, fold_parts, *args)
 
-    monkeypatch.setattr(side_by_side, "fit_in_processes", spy)
+    monkeypatch.setattr(folds_module, "fit_in_processes", spy)
     results = train_folds(data, folds, model_config, config, False, paths, progress=False, processes="auto")
     assert started == []  # one thread here: auto trains one fold after another
     results = train_folds(data, folds, model_config, config, False, paths, progress=False, processes=3)

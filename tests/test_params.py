@@ -195,7 +195,9 @@ def test_ctrl_c_during_training_exits_130_with_one_line(tmp_path, processes: int
            "--splits", str(tmp_path / "splits.json"), "--fold", "0", "--models", str(tmp_path / "models"),
            "--checkpoints", str(checkpoint.parent), "--live", str(tmp_path / "live"), "--params", str(tmp_path / "params.yaml")]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A suite started in the background (`pytest &`) passes SIGINT down ignored: undo that in the child.
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 90
         while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -48,8 +48,10 @@ def test_ctrl_c_while_workers_start_gives_one_line_and_exit_130(tmp_path) -> Non
     still importing: the case a pool initializer alone does not cover."""
     program = tmp_path / "stage.py"
     program.write_text(PROGRAM)
+    # A suite started in the background (`pytest &`) passes SIGINT down ignored: undo that in the child.
     proc = subprocess.Popen([sys.executable, str(program), str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == "started"
         deadline = time.monotonic() + 60
