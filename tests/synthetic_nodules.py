@@ -6,10 +6,14 @@ learn something in a handful of steps.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import yaml
 
 from nodule_net.attributes import N_ATTRIBUTES, RATING_MAX, RATING_MIN
-from nodule_net.store import NoduleDataset
+from nodule_net.split import kfold_split, write_splits
+from nodule_net.store import NoduleDataset, write_dataset
 
 
 def make_dataset(
@@ -42,3 +46,18 @@ def make_dataset(
         slice_index=np.arange(offsets[-1], dtype=np.int64),
         attrs={"source": "synthetic"},
     )
+
+
+def write_stage_inputs(folder: Path, train: dict) -> None:
+    """What the train stage reads, in ``folder``: 12 tiny nodules (``nodules.h5``), 2 folds
+    (``splits.json``) and ``params.yaml`` (the repository's, folds [0, 1], the ``sam`` variant,
+    ``train`` updated with ``train``)."""
+    data = make_dataset(n_nodules=12, size=16, max_depth=3, seed=2)
+    write_dataset(folder / "nodules.h5", data)
+    write_splits(folder / "splits.json", kfold_split(data.nodule_id, data.patient_id, n_folds=2, seed=0,
+                                                     val_fraction=0.2))
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["folds"] = [0, 1]
+    params["model"] |= {"variant": "sam"}
+    params["train"] |= train
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))

@@ -11,12 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from synthetic_nodules import write_stage_inputs
 
 from nodule_net import gpu_check
-from nodule_net.split import kfold_split, write_splits
-from nodule_net.store import write_dataset
-from tests.synthetic_nodules import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,15 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def tiny_inputs(tmp_path) -> list[str]:
     """The --dataset/--splits/--params arguments for 12 tiny nodules, 2 folds, 1-thread training on the CPU."""
-    data = make_dataset(n_nodules=12, size=16, max_depth=3, seed=2)
-    write_dataset(tmp_path / "nodules.h5", data)
-    write_splits(tmp_path / "splits.json", kfold_split(data.nodule_id, data.patient_id, n_folds=2, seed=0,
-                                                       val_fraction=0.2))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["folds"] = [0, 1]
-    params["model"] |= {"variant": "sam"}
-    params["train"] |= {"device": "cpu", "fold_processes": 1}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_stage_inputs(tmp_path, {"device": "cpu", "fold_processes": 1})
     return ["--dataset", str(tmp_path / "nodules.h5"), "--splits", str(tmp_path / "splits.json"),
             "--params", str(tmp_path / "params.yaml")]
 

@@ -11,15 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from synthetic_nodules import make_dataset
+from synthetic_nodules import make_dataset, write_stage_inputs
 from test_train import TINY
 
 from nodule_net.data import Batch
 from nodule_net.model import ModelConfig, NoduleNet
 from nodule_net.side_by_side import StackedAdam, fit_folds, folds_together, stack_nodules
-from nodule_net.split import kfold_split, write_splits
-from nodule_net.store import write_dataset
 from nodule_net.train import TrainConfig, fit, loss_fn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,15 +233,7 @@ def test_folds_together_setting() -> None:
                          ids=["side_by_side", "processes"])
 def test_train_folds_script_writes_what_train_stages_write(tmp_path, monkeypatch, capsys, at_once: dict) -> None:
     """All folds at once, or `--fold k` per `train@k` stage: the first trains every fold, the next only writes."""
-    data = make_dataset(n_nodules=12, size=16, max_depth=3, seed=2)
-    write_dataset(tmp_path / "nodules.h5", data)
-    write_splits(tmp_path / "splits.json", kfold_split(data.nodule_id, data.patient_id, n_folds=2, seed=0,
-                                                       val_fraction=0.2))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["folds"] = [0, 1]
-    params["model"] |= {"variant": "sam"}
-    params["train"] |= {"epochs": 2, "batch_nodules": 1, "device": "cpu", **at_once}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_stage_inputs(tmp_path, {"epochs": 2, "batch_nodules": 1, "device": "cpu", **at_once})
     monkeypatch.chdir(tmp_path)
 
     def run(out: str, *fold: str) -> str:
