@@ -39,7 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 
 # Each step's time limit (s); the whole run is also held to --budget-s.
-STEP_LIMITS: dict[str, int] = {"environment": 60, "tests": 180, "bench": 240, "phantom": 300, "bench-bf16": 120}
+STEP_LIMITS: dict[str, int] = {"environment": 60, "tests": 180, "bench": 300, "phantom": 300, "bench-bf16": 120}
 STEPS = tuple(STEP_LIMITS)
 
 # The tests that skip without CUDA, and the fused-Adam test that has a CUDA case (pytest -k).
