@@ -259,6 +259,14 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def train_pass(model: torch.nn.Module, optimizer: torch.optim.Optimizer, nodules: ResidentNodules,
+               batch_nodules: int, device: torch.device, seed: int = 0, precision: str = "fp32") -> None:
+    """One training epoch over ``nodules``, in the same seeded order every call (so a warm-up
+    pass builds every shape that the timed passes then use)."""
+    train_epoch(model, optimizer, iterate_resident(nodules, batch_nodules, np.random.default_rng(seed), True),
+                TrainConfig().lambda_aux, device, precision)
+
+
 def measure(model_config: ModelConfig, nodules: ResidentNodules, batch_nodules: int, rounds: int,
             device: torch.device, seed: int = 0, paths: tuple[str, ...] = PATHS, precision: str = "fp32") -> dict:
     """Training and inference speed of ``paths`` on ``nodules``, ``rounds`` alternating timed passes each;
@@ -268,15 +276,13 @@ def measure(model_config: ModelConfig, nodules: ResidentNodules, batch_nodules: 
     result: dict = {"nodules": len(nodules), "slices": slices, "steps": -(-len(nodules) // batch_nodules)}
     built = {path: build(path, model_config, train_config, device, seed) for path in paths}
 
-    def train_pass(path: str) -> None:  # the same batches every pass: the warm-up built every shape
-        model, optimizer = built[path]
-        train_epoch(model, optimizer, iterate_resident(nodules, batch_nodules, np.random.default_rng(seed), True),
-                    train_config.lambda_aux, device, precision if path == "batched" else "fp32")
+    def path_train_pass(path: str) -> None:
+        train_pass(*built[path], nodules, batch_nodules, device, seed, precision if path == "batched" else "fp32")
 
     def infer_pass(path: str) -> None:
         predict_resident(built[path][0], nodules, batch_nodules)
 
-    for kind, one_pass in (("training", train_pass), ("inference", infer_pass)):
+    for kind, one_pass in (("training", path_train_pass), ("inference", infer_pass)):
         times: dict[str, list[float]] = {path: [] for path in paths}
         memory: dict[str, dict] = {}
         for path in paths:
@@ -361,13 +367,9 @@ def convolution_share(model_config: ModelConfig, nodules: ResidentNodules, devic
     launch times."""
     model, optimizer = build("batched", model_config, TrainConfig(), device, seed)
 
-    def one_pass() -> None:
-        train_epoch(model, optimizer, iterate_resident(nodules, 1, np.random.default_rng(seed), True),
-                    TrainConfig().lambda_aux, device, precision)
-
-    one_pass()
+    train_pass(model, optimizer, nodules, 1, device, seed, precision)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        wall = _timed(one_pass, device)
+        wall = _timed(lambda: train_pass(model, optimizer, nodules, 1, device, seed, precision), device)
     microseconds = sum(e.cpu_time_total for e in prof.events() if e.name in CONVOLUTIONS
                        and not (e.cpu_parent is not None and e.cpu_parent.name in CONVOLUTIONS))
     return microseconds / 1e6 / wall
@@ -392,8 +394,7 @@ def _fold_process(task: tuple) -> list[tuple[float, float]]:
     model, optimizer = build("batched", model_config, TrainConfig(batch_nodules=batch_nodules), device, seed)
 
     def one_pass() -> None:
-        train_epoch(model, optimizer, iterate_resident(nodules, batch_nodules, np.random.default_rng(seed), True),
-                    TrainConfig().lambda_aux, device)
+        train_pass(model, optimizer, nodules, batch_nodules, device, seed)
 
     one_pass()  # warm-up: this process's kernels for every depth
     spans = []

@@ -11,7 +11,7 @@ checkpoints and epoch reports, and finished folds are loaded, not retrained.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import torch
@@ -24,6 +24,14 @@ from nodule_net.store import NoduleDataset
 from nodule_net.train import EpochRecord, FitResult, TrainConfig, fit
 
 
+def trains_at_once(together: str | bool, processes: str | int, device: torch.device, n_folds: int,
+                   batch_nodules: int) -> bool:
+    """Whether ``n_folds`` folds train at once (side by side, or one process per fold) on
+    ``device``, as ``train.folds_together`` and ``train.fold_processes`` resolve there."""
+    return (folds_together(together, device, batch_nodules)
+            or fold_processes(processes, device, n_folds, torch.get_num_threads()).processes > 1)
+
+
 def train_folds(
     data: NoduleDataset,
     fold_parts: Mapping[int, dict[str, np.ndarray]],
@@ -34,27 +42,35 @@ def train_folds(
     on_epoch: Callable[[int, EpochRecord], None] | None = None,
     progress: bool = True,
     processes: str | int = 1,
+    wanted: Collection[int] | None = None,
 ) -> dict[int, FitResult]:
-    """Every fold of ``fold_parts``: side by side (:func:`fit_folds`), in one process per fold
-    (:mod:`nodule_net.fold_processes`) or one after another (``fit``), as ``together``
-    (``train.folds_together``) and ``processes`` (``train.fold_processes``) resolve on the
-    training device."""
+    """The results of the ``wanted`` folds of ``fold_parts`` (default: all of them), trained side
+    by side (:func:`fit_folds`), in one process per fold (:mod:`nodule_net.fold_processes`) or
+    one after another (``fit``), as ``together`` (``train.folds_together``) and ``processes``
+    (``train.fold_processes``) resolve on the training device.
+
+    Trained at once, every unfinished fold of ``fold_parts`` trains, wanted or not (so the
+    first ``train@k`` trains them all), and a finished fold that is not wanted is not even
+    loaded; one after another, only the wanted folds train.
+    """
+    wanted = list(fold_parts) if wanted is None else [fold for fold in fold_parts if fold in wanted]
     device = resolve_device(train_config.device)
-    if folds_together(together, device, train_config.batch_nodules):
-        return fit_folds(data, fold_parts, model_config, train_config, checkpoint_paths, on_epoch, progress)
-    results: dict[int, FitResult] = {}
-    threads = torch.get_num_threads()
-    if fold_processes(processes, device, len(fold_parts), threads).processes > 1:
+    if not trains_at_once(together, processes, device, len(fold_parts), train_config.batch_nodules):
+        pending, fold_parts = [], {fold: fold_parts[fold] for fold in wanted}
+    else:
         pending = unfinished_folds(data, fold_parts, model_config, train_config, checkpoint_paths)
-        plan = fold_processes(processes, device, len(pending), threads)
-        if plan.processes > 1:
-            pending_parts = {fold: fold_parts[fold] for fold in pending}
-            results = fit_in_processes(data, pending_parts, model_config, train_config, checkpoint_paths, plan,
-                                       on_epoch)
+        fold_parts = {fold: parts for fold, parts in fold_parts.items() if fold in pending or fold in wanted}
+    if folds_together(together, device, train_config.batch_nodules):
+        results = fit_folds(data, fold_parts, model_config, train_config, checkpoint_paths, on_epoch, progress)
+        return {fold: results[fold] for fold in wanted}
+    results: dict[int, FitResult] = {}
+    plan = fold_processes(processes, device, len(pending), torch.get_num_threads())  # one process: none pending
+    if plan.processes > 1:
+        results = fit_in_processes(data, {fold: fold_parts[fold] for fold in pending}, model_config, train_config,
+                                   checkpoint_paths, plan, on_epoch)
     paths = checkpoint_paths or {}
     for fold, parts in fold_parts.items():  # the rest one after another; finished folds only load
-        if fold in results:
-            continue
-        log = (lambda record, fold=fold: on_epoch(fold, record)) if on_epoch is not None else None
-        results[fold] = fit(data, parts, model_config, train_config, fold, paths.get(fold), log, progress)
-    return {fold: results[fold] for fold in fold_parts}
+        if fold not in results:
+            log = (lambda record, fold=fold: on_epoch(fold, record)) if on_epoch is not None else None
+            results[fold] = fit(data, parts, model_config, train_config, fold, paths.get(fold), log, progress)
+    return {fold: results[fold] for fold in wanted}

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 # Each step's time limit (s); the whole run is also held to --budget-s.
@@ -122,7 +121,7 @@ def phantom_runs(dataset: str, splits_path: str, params_path: str, device_name: 
     from nodule_net.folds import train_folds
     from nodule_net.split import fold_indices, read_splits
     from nodule_net.store import read_dataset
-    from nodule_net.train import check_precision, save_model, train_config_from_params
+    from nodule_net.train import save_model, train_config_from_params
 
     params = load_params(params_path)
     data, splits = read_dataset(dataset), read_splits(splits_path)
@@ -132,17 +131,15 @@ def phantom_runs(dataset: str, splits_path: str, params_path: str, device_name: 
     report: dict = {"dataset": dataset, "nodules": len(data), "folds": params["folds"], "device": device_name,
                     "runs": {}}
     for name, overrides in runs.items():
-        train = {k: v for k, v in overrides.items() if k != "seed"}
-        config = replace(train_config_from_params(params), device=device_name, seed=params["seed"] + overrides.get("seed", 0),
-                         **{k: v for k, v in train.items() if k not in ("folds_together", "fold_processes")})
+        run = {**params, "seed": params["seed"] + overrides.get("seed", 0),
+               "train": params["train"] | {k: v for k, v in overrides.items() if k != "seed"} | {"device": device_name}}
         if epochs is not None:
-            config = replace(config, epochs=epochs)
-        check_precision(config.precision, device)
+            run["train"]["epochs"] = epochs
+        config = train_config_from_params(run)
         print(f"phantom: {name} ({overrides}), {config.epochs} epochs", flush=True)
         start = time.perf_counter()
-        results = train_folds(data, parts, model_config, config,
-                              together=train.get("folds_together", params["train"]["folds_together"]),
-                              progress=False, processes=train.get("fold_processes", params["train"]["fold_processes"]))
+        results = train_folds(data, parts, model_config, config, together=run["train"]["folds_together"],
+                              progress=False, processes=run["train"]["fold_processes"])
         seconds = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as models:
             paths = {k: model_path(models, k) for k in results}

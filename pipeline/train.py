@@ -18,17 +18,14 @@ import argparse
 from contextlib import ExitStack
 from pathlib import Path
 
-import torch
 from dvclive import Live
 
 from nodule_net.checkpoint import model_path
 from nodule_net.device import resolve_device
 from nodule_net.files import check_writable
-from nodule_net.fold_processes import fold_processes, unfinished_folds
+from nodule_net.folds import train_folds, trains_at_once
 from nodule_net.model import ModelConfig, NoduleNet
 from nodule_net.params import load_params, user_errors_exit
-from nodule_net.folds import train_folds
-from nodule_net.side_by_side import folds_together
 from nodule_net.split import fold_indices, read_splits
 from nodule_net.store import read_dataset
 from nodule_net.train import EpochRecord, save_model, train_config_from_params
@@ -52,11 +49,10 @@ def main() -> None:
     if args.fold is not None and args.fold not in folds:
         raise ValueError(f"--fold {args.fold} is not among the params' folds {folds}.")
     written = folds if args.fold is None else [args.fold]
-    device = resolve_device(train_config.device)
-    together = folds_together(params["train"]["folds_together"], device, train_config.batch_nodules)
-    processes = params["train"]["fold_processes"]
+    together, processes = params["train"]["folds_together"], params["train"]["fold_processes"]
     # Side by side or in processes, the first train@k trains every fold that is not finished yet.
-    at_once = together or fold_processes(processes, device, len(folds), torch.get_num_threads()).processes > 1
+    at_once = trains_at_once(together, processes, resolve_device(train_config.device), len(folds),
+                             train_config.batch_nodules)
     trained = folds if at_once else written
     checkpoints = {k: Path(args.checkpoints) / f"fold{k}.pt" for k in trained}
     # The weights' size (not on the meta device: initialising there imports torch._dynamo, seconds).
@@ -70,9 +66,6 @@ def main() -> None:
     data = read_dataset(args.dataset)
     splits = read_splits(args.splits)
     fold_parts = {k: fold_indices(splits, k, data.nodule_id) for k in trained}
-    if at_once:  # the folds finished by an earlier train@k need no loading, except the ones written here
-        pending = set(unfinished_folds(data, fold_parts, model_config, train_config, checkpoints))
-        fold_parts = {k: parts for k, parts in fold_parts.items() if k in pending or k in written}
     with ExitStack() as stack:
         lives = {k: stack.enter_context(Live(str(Path(args.live) / f"fold{k}"), dvcyaml=None, save_dvc_exp=False))
                  for k in written}
@@ -85,7 +78,7 @@ def main() -> None:
                 live.next_step()
 
         results = train_folds(data, fold_parts, model_config, train_config, together, checkpoints, on_epoch=log,
-                              processes=processes)
+                              processes=processes, wanted=written)
         for k in written:
             lives[k].summary["best_epoch"] = results[k].best_epoch
             lives[k].summary["best_val_mae"] = results[k].best_val_mae
