@@ -52,6 +52,17 @@ def attribute_index(name: str) -> int:
     )
 
 
+def outside_range(ratings: np.ndarray) -> np.ndarray:
+    """Where ``ratings`` (..., 9) hold no usable rating: NaN, or outside the attribute's range. Bool (..., 9).
+
+    A reader's rating outside its scale (LIDC holds one: an internal structure of 5 on the
+    1–4 scale) is not a value we can read; the readers' other ratings still are.
+    """
+    r = np.asarray(ratings, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(r) | (r < RATING_MIN) | (r > RATING_MAX)
+
+
 def normalise(ratings: np.ndarray) -> np.ndarray:
     """Map ratings on the original scales to [0, 1]. ``ratings``: (..., 9)."""
     return (np.asarray(ratings, dtype=np.float64) - RATING_MIN) / (RATING_MAX - RATING_MIN)

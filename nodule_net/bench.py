@@ -47,6 +47,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from nodule_net.attributes import N_ATTRIBUTES, RATING_MAX, RATING_MIN
 from nodule_net.data import ResidentNodules, iterate_resident, resident_nodules, targets_for
+from nodule_net.device import parse_device
 from nodule_net.fold_processes import fold_processes
 from nodule_net.inference import predict_resident
 from nodule_net.model import ModelConfig, NoduleNet
@@ -420,8 +421,10 @@ def measure_fold_processes(model_config: ModelConfig, nodules: int, rounds: int,
     slices = sum(int(sample_depths(per_process, seed + i).sum()) for i in range(plan.processes))
     barrier = get_context("spawn").Barrier(plan.processes)
     tasks = [(model_config, per_process, 1, seed + i, rounds, size) for i in range(plan.processes)]
-    with process_pool(plan.processes, _init_fold_process, (barrier, plan.threads)) as pool:
-        spans = pool.map(_fold_process, tasks, chunksize=1)  # one task per worker: each waits at the barrier
+    # One task per worker: each waits at the barrier (the pool stops the others if one dies there).
+    with process_pool(plan.processes, _init_fold_process, (barrier, plan.threads), stage="bench",
+                      resume="run `nodule-net bench` again") as pool:
+        spans = list(pool.imap(_fold_process, tasks, describe=lambda task: f"timing fold process {task[3] - seed}"))
     walls = [max(s[r][1] for s in spans) - min(s[r][0] for s in spans) for r in range(rounds)]
     seconds = statistics.median(walls)
     return {"processes": plan.processes, "threads_each": plan.threads, "nodules": per_process * plan.processes,
@@ -551,9 +554,7 @@ def bench_command(device_name: str, quick: bool, as_json: bool, threads: int | N
     if device_name == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(device_name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {device_name} but no CUDA GPU is visible; use --device cpu.")
+        device = parse_device(device_name, "--device")
     check_precision(precision, device)
     result = run_bench(device, QUICK if quick else FULL, progress=lambda m: print(f"bench: {m}", file=sys.stderr),
                        precision=precision)

@@ -7,9 +7,13 @@ leaves the previous file intact.
 
 from __future__ import annotations
 
+import errno
+import json
 import math
+import numbers
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -20,10 +24,36 @@ from nodule_net.files import atomic_path
 CHECKPOINT_VERSION = 1
 
 
+# What a write that failed for want of room says, by errno (the stages print it in one line).
+_NO_ROOM = {errno.ENOSPC: "the disk holding {folder} is full", errno.EDQUOT: "the disk quota on {folder} is used up"}
+
+
+def _no_room(err: BaseException | None) -> OSError | None:
+    """The OSError of a full disk or quota in ``err``'s chain of causes and contexts, or None."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _NO_ROOM:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to ``path`` through a temporary sibling and a rename."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save(obj)`` to ``path`` through a temporary sibling and a rename.
+
+    A disk that fills up meanwhile raises ``OSError`` (ENOSPC or EDQUOT) whose filename is
+    ``path`` and whose text says which disk is full; ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    try:
+        # A Python file, not a path: torch's own writer turns a failed write into a RuntimeError
+        # ("iostream error", "unexpected pos") that has lost the errno; Python's file keeps it.
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as err:
+        if (full := _no_room(err)) is None:
+            raise
+        reason = _NO_ROOM[full.errno].format(folder=path.parent)
+        raise OSError(full.errno, f"{os.strerror(full.errno)} ({reason})", str(path)) from None
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -105,9 +135,39 @@ def model_path(models_dir: str | os.PathLike, fold: int) -> Path:
     return Path(models_dir) / f"fold{fold}" / "model.pt"
 
 
+def extract_record(dataset_attrs: Mapping) -> dict | None:
+    """The extract settings a dataset was cropped with, from its attrs, or None if it records none.
+
+    ``extract`` stores them as ``params`` (``clevel``, ``extent_fraction``, ``image_side``):
+    a dict in memory, JSON text once read back from HDF5 (:mod:`nodule_net.store`).
+    """
+    params = dataset_attrs.get("params")
+    if isinstance(params, (str, bytes)):
+        try:
+            params = json.loads(params)
+        except ValueError:
+            return None
+    return dict(params) if isinstance(params, Mapping) else None
+
+
+def _extract_problem(record: object) -> str | None:
+    """Why ``record`` (a model file's ``extract``) is not a crop :mod:`nodule_net.predict` can use, or None."""
+    if not isinstance(record, dict):
+        return f"its extract record is a {type(record).__name__}, not a dict"
+    side, fraction = record.get("image_side"), record.get("extent_fraction")
+    if not (isinstance(side, int) and not isinstance(side, bool) and side >= 1
+            and isinstance(fraction, numbers.Real) and 0 < fraction <= 1):
+        return f"its extract record {record} is not an image_side ≥ 1 and an extent_fraction in (0, 1]"
+    return None
+
+
 def save_model(path: str | os.PathLike, model_state: dict | None, model_config: dict, mean: float, std: float,
-               fold: int, best_epoch: int, best_val_mae: float) -> None:
+               fold: int, best_epoch: int, best_val_mae: float, extract: dict | None = None) -> None:
     """The selected model plus what inference needs (config, normalisation stats).
+
+    ``extract``: the extract settings of the training data (:func:`extract_record`), so that
+    `predict` crops a new nodule as the model's nodules were cropped; None records nothing
+    (a dataset that holds none), as in files written before the record existed.
 
     Refuses (``ValueError``) a model without a selected epoch: no weights, or no finite
     validation MAE — a file that would look like a trained model but is not one.
@@ -115,14 +175,15 @@ def save_model(path: str | os.PathLike, model_state: dict | None, model_config: 
     if not model_state or best_epoch < 1 or not math.isfinite(best_val_mae):
         raise ValueError(f"{path} not written: fold {fold} has no selected epoch (best epoch {best_epoch}, "
                          f"best validation MAE {best_val_mae}); see the training log above.")
-    save_atomic({
-        "model": model_state, "model_config": model_config, "mean": mean, "std": std,
-        "fold": fold, "best_epoch": best_epoch, "best_val_mae": best_val_mae,
-    }, path)
+    saved = {"model": model_state, "model_config": model_config, "mean": mean, "std": std,
+             "fold": fold, "best_epoch": best_epoch, "best_val_mae": best_val_mae}
+    if extract is not None:
+        saved["extract"] = dict(extract)
+    save_atomic(saved, path)
 
 
 def read_model_file(path: str | os.PathLike, device: torch.device) -> dict:
-    """The dict written by :func:`save_model`, tensors on ``device``.
+    """The dict written by :func:`save_model`, tensors on ``device`` (``extract`` only where recorded).
 
     Raises ``FileNotFoundError`` if it is missing and ``ValueError`` (one line naming the
     file) if it is unreadable or not a model file.
@@ -134,6 +195,8 @@ def read_model_file(path: str | os.PathLike, device: torch.device) -> dict:
         saved = _torch_load(path, device)
         if missing := [k for k in ("model", "model_config", "mean", "std") if k not in saved]:
             raise ValueError(f"it has no {', '.join(missing)}")
+        if "extract" in saved and (problem := _extract_problem(saved["extract"])):
+            raise ValueError(problem)
     except ValueError as err:
         raise ValueError(f"{path}: unreadable model file ({err}); delete it and re-run `dvc repro train`.") from None
     return saved

@@ -3,7 +3,7 @@
     nodule-net lidc-stats [--json] [--scans first|all] [--workers N] [--patients ID ...]
     nodule-net mae-table [metrics/mae.json]
     nodule-net bench [--device auto|cpu|cuda|cuda:N] [--json] [--quick] [--threads N] [--precision fp32|bf16]
-    nodule-net grid [--dry-run] [-S key=value ...]
+    nodule-net grid [--dry-run] [--exp NAME ...] [-S key=value ...]
     nodule-net report [--out report] [--exp NAME ...] [--all]
     nodule-net predict SERIES_DIR (--centre-mm X Y Z | --centre-voxel I J K) --diameter-mm D [--models DIR] [--json]
     nodule-net predict SERIES_DIR --box I0 I1 J0 J1 K0 K1 [--slices K ...] [--models DIR] [--json]
@@ -18,7 +18,7 @@ import json
 import numpy as np
 from tqdm import tqdm
 
-from nodule_net.extract import pad_reader_ratings
+from nodule_net.extract import describe_flaw, pad_reader_ratings, unrated_reason
 from nodule_net.lidc import resolve_patients, scan_nodules, scans_for_patients
 from nodule_net.metrics import format_mae_table
 from nodule_net.params import user_errors_exit
@@ -27,11 +27,13 @@ from nodule_net.workers import process_pool
 
 
 def _annotation_facts(scan_id: int) -> list[tuple]:
-    """(patient, scan, n_slices, box height, box width, reader ratings) per nodule of a scan."""
+    """Per nodule of a scan: (patient, scan, n_slices, box height, box width, reader ratings,
+    rating flaws, why extract leaves it out or None)."""
     facts = []
     for n in scan_nodules(scan_id):
         i0, i1, j0, j1 = n.bbox[:4]
-        facts.append((n.patient_id, n.scan_id, len(n.positive_slices), i1 - i0, j1 - j0, n.reader_ratings))
+        facts.append((n.patient_id, n.scan_id, len(n.positive_slices), i1 - i0, j1 - j0, n.reader_ratings,
+                      n.rating_flaws, unrated_reason(n)))
     return facts
 
 
@@ -42,8 +44,10 @@ def lidc_stats(scans_per_patient: str = "first", workers: int = 2, progress: boo
                                                       scans_per_patient)]
     bar = dict(total=len(scan_ids), desc="lidc-stats", unit="scan", disable=None if progress else True)
     if workers > 1:
-        with process_pool(workers) as pool:
-            per_scan = list(tqdm(pool.imap(_annotation_facts, scan_ids, chunksize=8), **bar))
+        with process_pool(workers, stage="lidc-stats", resume="run it again") as pool:
+            per_scan = list(tqdm(pool.imap(_annotation_facts, scan_ids, chunksize=8,
+                                           describe=lambda scan_id: f"reading the annotations of scan {scan_id}"),
+                                 **bar))
     else:
         per_scan = [_annotation_facts(s) for s in tqdm(scan_ids, **bar)]
     facts = [f for scan in per_scan for f in scan]
@@ -56,6 +60,10 @@ def lidc_stats(scans_per_patient: str = "first", workers: int = 2, progress: boo
         scan_ids=np.array([f[1] for f in facts]),
     )
     stats["scans_per_patient"] = scans_per_patient
+    # The clusters are counted as the annotations hold them; extract leaves out the unrated ones.
+    flaws = [flaw for f in facts for flaw in f[6]]
+    stats["rating_flaws"] = {"count": len(flaws), "details": flaws}
+    stats["unrated_nodules"] = [f[7] for f in facts if f[7] is not None]
     stats["clusters_over_4_annotations"] = int(sum(len(f[5]) > 4 for f in facts))
     return stats
 
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--dry-run", action="store_true", help="print the `dvc exp run --queue` commands only")
     g.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override passed to every experiment, e.g. -S train.epochs=2 (repeatable)")
+    g.add_argument("--exp", nargs="+", metavar="NAME", help="queue only these experiments of the grid (default: all)")
     r = sub.add_parser("report", help="the paper's tables from the finished DVC experiments, as report.md + figures")
     r.add_argument("--out", default="report", help="output folder (default: report)")
     r.add_argument("--exp", nargs="+", metavar="NAME", help="use only these experiments (default: all found)")
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--dataset", default="data/nodules.h5", help="extracted dataset, with --nodule-id")
     q.add_argument("--nodule-id", help="score this nodule of --dataset (e.g. LIDC-IDRI-0001/s1/n0)")
     q.add_argument("--models", default="data/models", help="folder of fold<k>/model.pt (default: data/models)")
-    q.add_argument("--params", default="params.yaml", help="its `extract` section sets the crop")
+    q.add_argument("--params", default="params.yaml", help="checked against the crop the models were trained with (which predict uses)")
     q.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N")
     q.add_argument("--json", action="store_true", help="print JSON for machines")
     args = parser.parse_args(argv)
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "grid":
         from nodule_net.grid import queue_grid
 
-        queue_grid(".", args.overrides, args.dry_run)
+        queue_grid(".", args.overrides, args.dry_run, names=args.exp)
     elif args.command == "report":
         from nodule_net.report import main_report  # pandas, scipy and matplotlib load only here
 
@@ -128,6 +137,13 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(format_comparison(stats))
             print(f"\nclusters of more than 4 annotations (kept): {stats['clusters_over_4_annotations']}")
+            print(f"reader ratings outside their scale (treated as missing): {stats['rating_flaws']['count']}")
+            for flaw in stats["rating_flaws"]["details"]:
+                print(f"  {describe_flaw(flaw)}")
+            print(f"nodules without a valid rating of some attribute (extract leaves them out): "
+                  f"{len(stats['unrated_nodules'])}")
+            for reason in stats["unrated_nodules"]:
+                print(f"  {reason}")
     elif args.command == "mae-table":
         with open(args.path) as f:
             print(format_mae_table(json.load(f)))

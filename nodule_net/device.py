@@ -86,6 +86,7 @@ def acquire_gpu(
     poll_s: float = GPU_POLL_SECONDS,
     timeout_s: float | None = None,
     say: Callable[[str], None] = _say,
+    what: str = "train.device",
 ) -> GpuLock:
     """Lock the first free GPU of ``gpu_ids`` (see :func:`visible_gpu_ids`).
 
@@ -93,7 +94,7 @@ def acquire_gpu(
     waiting rather than falling back to the CPU, where a run sized for a GPU would take
     hours to days (README, "Speed"); a queue with more workers than GPUs simply waits its
     turn. ``timeout_s`` (None: wait for ever) raises TimeoutError. :func:`release_gpu` (or
-    the end of the process) frees the GPU.
+    the end of the process) frees the GPU. ``what`` names the setting that asked for ``auto``.
     """
     if not gpu_ids:
         raise ValueError("No GPU to lock: the list of GPU ids is empty.")
@@ -107,7 +108,7 @@ def acquire_gpu(
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"All {len(gpu_ids)} GPUs stayed locked for {timeout_s} s (lock files in {lock_dir}).")
         if not said:
-            say(f"train.device=auto: all {len(gpu_ids)} GPUs are taken by other nodule-net processes "
+            say(f"{what}=auto: all {len(gpu_ids)} GPUs are taken by other nodule-net processes "
                 f"(locks in {lock_dir}); waiting for one to be freed.")
             said = True
         time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
@@ -118,27 +119,54 @@ def release_gpu(lock: GpuLock) -> None:
     os.close(lock.fd)
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device for ``train.device``.
+# The devices nodule-net runs on (as `train.device` and the commands' --device allow them, besides `auto`).
+DEVICE_PATTERN = r"cpu|cuda(:\d+)?"
+
+
+def _setting(name: str, what: str) -> str:
+    """How an error names the setting: ``--device cuda:3`` for a flag, ``train.device='cuda:3'`` for a param."""
+    return f"{what} {name}" if what.startswith("-") else f"{what}={name!r}"
+
+
+def parse_device(name: str, what: str = "train.device") -> torch.device:
+    """The torch device ``cpu``, ``cuda`` or ``cuda:N`` names, present on this machine; no lock taken.
+
+    Raises ``ValueError`` (one line naming ``what``, the param or flag it came from) for
+    anything else, for CUDA without a visible GPU, and for a GPU index this machine lacks:
+    torch would accept ``cuda:7`` here and fail on first use.
+    """
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise ValueError(f"{_setting(name, what)} is not a device: use auto, cpu, cuda or cuda:N.")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{_setting(name, what)} but no CUDA GPU is visible; use `auto` or `cpu`.")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{_setting(name, what)}: this machine sees {count} CUDA GPU{'s' * (count != 1)} "
+                             f"(cuda:0 to cuda:{count - 1}); use one of them, `auto` or `cpu`.")
+    return device
+
+
+def resolve_device(name: str, what: str = "train.device") -> torch.device:
+    """The torch device for ``train.device`` (or the setting ``what`` names, e.g. ``--device``).
 
     ``auto`` → a free CUDA GPU among those visible (``CUDA_VISIBLE_DEVICES`` is respected),
     locked for the rest of this process's life and made the current device — the same one
     however often it is called — else the CPU. ``cpu``, ``cuda`` and ``cuda:N`` are used
-    as given, without a lock: an explicit choice is the user's, so auto processes may share it.
+    as given (:func:`parse_device`), without a lock: an explicit choice is the user's, so
+    auto processes may share it.
     """
     global _held
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
         if _held is None:
-            _held = acquire_gpu(visible_gpu_ids())
+            _held = acquire_gpu(visible_gpu_ids(), what=what)
             torch.cuda.set_device(_held.index)  # kernels and allocations that take the current device land here too
-            _say(f"train.device=auto: using GPU {_held.index} ({_held.gpu_id})")
+            _say(f"{what}=auto: using GPU {_held.index} ({_held.gpu_id})")
         return torch.device("cuda", _held.index)
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA GPU is visible; use `auto` or `cpu`.")
-    return device
+    return parse_device(name, what)
 
 
 def batch_to(batch: Batch, device: torch.device) -> Batch:

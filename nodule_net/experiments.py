@@ -20,6 +20,9 @@ import pandas as pd
 import yaml
 
 PARAMS_FILE = "params.yaml"
+# States in which a name is taken at its commit: `dvc exp run --queue --name` would repeat it.
+# A failed experiment leaves no ref, and queuing its name again is how it is retried.
+TAKEN_STATES = ("success", "running", "queued")
 
 
 @dataclass(frozen=True)
@@ -90,14 +93,48 @@ def parse_exp_show(entries: list[dict]) -> list[ExperimentRecord]:
     return records
 
 
+def dvc_message(failure: subprocess.CompletedProcess | BaseException) -> str:
+    """DVC's whole error message on one line: a failed DVC command's output, or an exception and its causes.
+
+    DVC's own CLI prints the chain of causes joined by ``: ``; its last line alone (e.g.
+    ``object_type=dict``) rarely says what was wrong.
+    """
+    if isinstance(failure, BaseException):
+        parts, error = [], failure
+        while error is not None:
+            if str(error) and str(error) not in parts:
+                parts.append(str(error))
+            error = error.__cause__
+        text = ": ".join(parts)
+    else:
+        text = failure.stderr.strip() or failure.stdout.strip()
+    lines = [line.strip().removeprefix("ERROR: ") for line in text.splitlines()]
+    return " ".join(" ".join(lines).split()) or "(no output)"
+
+
 def exp_show(repo: str | Path, all_commits: bool = False) -> list[dict]:
     """``dvc exp show --json`` of ``repo`` (HEAD's experiments, or every commit's with ``all_commits``)."""
     command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
     done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("ERROR: ")
-        raise ValueError(f"`dvc exp show --json` failed in {repo}: {last}")
+        raise ValueError(f"`dvc exp show --json` failed in {repo}: {dvc_message(done)}")
     return json.loads(done.stdout)
+
+
+def taken_names(repo: str | Path) -> dict[str, str]:
+    """HEAD's experiment names that a new experiment may not repeat → their state (finished first).
+
+    ``dvc exp show`` lists both the experiments (git refs per baseline commit) and the
+    queue's entries of HEAD; DVC itself checks only the former when queuing.
+    """
+    taken: dict[str, str] = {}
+    for record in parse_exp_show(exp_show(repo)):
+        if record.state not in TAKEN_STATES:
+            continue
+        known = taken.get(record.name)
+        if known is None or TAKEN_STATES.index(record.state) < TAKEN_STATES.index(known):
+            taken[record.name] = record.state
+    return taken
 
 
 def latest_by_name(records: list[ExperimentRecord]) -> dict[str, ExperimentRecord]:

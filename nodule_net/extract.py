@@ -4,9 +4,12 @@ Per scan (one worker each): cluster annotations and take the 50% consensus (pyli
 the series under the DICOM root, index its headers by z, and decode only the slices that
 hold consensus-positive pixels; per nodule, crop a square around the common bounding box
 and resample each slice bilinearly to 64 × 64 HU. Problems confined to one file, nodule or
-scan are logged and counted as skips; the rest of the dataset is still built. Scans with
-no folder under the root are found up front from directory listings and listed as
-missing, without any per-scan work.
+scan are logged and counted as skips; the rest of the dataset is still built: a folder that
+cannot be read skips its scan, a slice that decodes to no CT slice (dicom.check_slice) and
+an attribute no reader of a nodule rated validly skip the nodule. Readers' ratings outside
+their scale (lidc.py sets them aside) are logged and listed. Scans with no folder under the
+root are found up front from directory listings and listed as missing, without any
+per-scan work.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nodule_net.dicom import DicomError, find_series_dir, index_series, read_hu, series_may_exist, slice_files
-from nodule_net.lidc import ScanInfo, pylidc_version, scan_nodules
+from nodule_net.attributes import ATTRIBUTES, RATING_MAX, RATING_MIN, attribute_index
+from nodule_net.dicom import (ANNOTATION_MATRIX, DicomError, find_series_dir, index_series, read_hu,
+                              series_may_exist, slice_files)
+from nodule_net.lidc import ConsensusNodule, ScanInfo, pylidc_version, scan_nodules
 from nodule_net.preprocess import nodule_patch
 from nodule_net.stats import summarise
 from nodule_net.store import READER_FILL, NoduleDataset
@@ -63,12 +68,40 @@ class ScanResult:
     # {"scan": name, "nodules": count} | {"nodule": id} | {"file": path}, each with "reason"
     skipped: list[dict] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)  # SeriesIndex.duplicates of the scan
+    # ConsensusNodule.rating_flaws of every nodule of the scan, extracted or not.
+    rating_flaws: list[dict] = field(default_factory=list)
+
+
+def _range(a: int) -> str:
+    return f"{RATING_MIN[a]:g}–{RATING_MAX[a]:g}"
+
+
+def unrated_reason(nodule: ConsensusNodule) -> str | None:
+    """Why ``nodule`` has no mean rating: an attribute NaN for every reader (R, 9); None when it has one."""
+    unrated = np.isnan(nodule.reader_ratings).all(axis=0)  # (9,)
+    if not unrated.any():
+        return None
+    a = int(np.argmax(unrated))
+    annotations = ", ".join(str(f["annotation"]) for f in nodule.rating_flaws if f["attribute"] == ATTRIBUTES[a])
+    return (f"{nodule.nodule_id}: no valid {ATTRIBUTES[a]} rating among its {len(nodule.reader_ratings)} readers "
+            f"(annotations {annotations} rate it outside {_range(a)} or not at all); left out of the dataset, "
+            "as its mean would be undefined.")
+
+
+def describe_flaw(flaw: dict) -> str:
+    """One log line for a reader's rating that lidc.py set aside (``ConsensusNodule.rating_flaws``)."""
+    name = flaw["attribute"]
+    what = (f"rates {name} {flaw['value']:g}, outside {_range(attribute_index(name))}" if flaw["value"] is not None
+            else f"has no {name} rating")
+    return (f"{flaw['nodule']}: annotation {flaw['annotation']} {what}; treated as missing, the mean is over the "
+            "other readers")
 
 
 def extract_scan(scan: ScanInfo, root: Path, config: ExtractConfig) -> ScanResult:
     """All nodules of one scan; DICOM problems become skips (of a file, nodule or scan) in the result."""
     result = ScanResult(scan_name(scan))
     nodules = scan_nodules(scan.scan_id, clevel=config.clevel)
+    result.rating_flaws = [flaw for nodule in nodules for flaw in nodule.rating_flaws]
     try:
         folder = find_series_dir(root, scan.patient_id, scan.study_uid, scan.series_uid)
         index = index_series(folder, scan.series_uid)
@@ -80,12 +113,15 @@ def extract_scan(scan: ScanInfo, root: Path, config: ExtractConfig) -> ScanResul
     decoded: dict[int, np.ndarray] = {}  # nodules of one scan often share slices
     spacing = (scan.pixel_spacing, scan.pixel_spacing, scan.slice_spacing)
     for nodule in nodules:
+        if reason := unrated_reason(nodule):
+            result.skipped.append({"nodule": nodule.nodule_id, "reason": reason})
+            continue
         ks = nodule.positive_slices
         try:
             files = slice_files(index, scan.slice_zvals, ks, nodule.nodule_id, scan.file_names)
             for k in ks:
                 if k not in decoded:
-                    decoded[k] = read_hu(files[k])
+                    decoded[k] = read_hu(files[k], shape=ANNOTATION_MATRIX)
         except DicomError as err:
             result.skipped.append({"nodule": nodule.nodule_id, "reason": str(err)})
             continue
@@ -138,11 +174,17 @@ def locate(root: Path, scans: list[ScanInfo]) -> tuple[list[ScanInfo], dict]:
 
     Returns the present scans and ``{"patients": [...], "scans": [...]}``: the requested
     patients without a folder, and every requested scan without one (theirs included).
-    Logs one line with the counts. Raises ``DicomError`` when nothing requested is there.
+    Logs one line with the counts. Raises ``DicomError`` when nothing requested is there, or
+    when ``root`` cannot be searched. A patient folder that cannot be listed is not missing:
+    its scans are present, and their extraction names the folder.
     """
-    present = [s for s in scans if series_may_exist(root, s.patient_id, s.study_uid, s.series_uid)]
     patients = sorted({s.patient_id for s in scans})
-    missing_patients = sorted(p for p in patients if not (root / p).is_dir())
+    try:
+        present = [s for s in scans if series_may_exist(root, s.patient_id, s.study_uid, s.series_uid)]
+        missing_patients = sorted(p for p in patients if not (root / p).is_dir())
+    except OSError as err:  # the patients' folders cannot even be looked up
+        raise DicomError(f"DICOM root {root} cannot be read ({err.strerror or err}); give the user running extract "
+                         f"read access (chmod -R u+rX {root}), then re-run.") from err
     present_ids = {s.scan_id for s in present}
     missing_scans = [scan_name(s) for s in scans if s.scan_id not in present_ids]
     if not present:
@@ -163,9 +205,10 @@ def extract(root: str | Path, scans: list[ScanInfo], config: ExtractConfig, sour
     """Extract every nodule of ``scans`` from the DICOM tree at ``root``.
 
     Returns the dataset and its statistics (``metrics/dataset.json``): skipped files,
-    nodules and scans with their reasons, scans missing from the root, and duplicate
-    slice positions. Raises ``DicomError`` if the root is missing, holds none of the
-    scans, or no nodule at all could be extracted.
+    nodules and scans with their reasons, scans missing from the root, readers' ratings
+    set aside (``rating_flaws``) and duplicate slice positions. Raises ``DicomError`` if
+    the root is missing or unreadable, holds none of the scans, or no nodule at all could
+    be extracted.
     """
     root = Path(root)
     if not root.is_dir():
@@ -176,11 +219,16 @@ def extract(root: str | Path, scans: list[ScanInfo], config: ExtractConfig, sour
     jobs = [(scan, root, config) for scan in scans]
     bar = dict(total=len(jobs), desc="extract", unit="scan", disable=None if progress else True)
     if workers > 1:
-        with process_pool(workers) as pool:
-            results = list(tqdm(pool.imap(_extract_job, jobs), **bar))
+        with process_pool(workers, stage="extract",
+                          resume="no dataset was written; `dvc repro` reruns the stage") as pool:
+            results = list(tqdm(pool.imap(_extract_job, jobs, describe=lambda job: f"extracting {scan_name(job[0])}"),
+                                **bar))
     else:
         results = [_extract_job(job) for job in tqdm(jobs, **bar)]
     records = [r for res in results for r in res.nodules]
+    rating_flaws = [f for res in results for f in res.rating_flaws]
+    for flaw in rating_flaws:
+        log.warning("%s", describe_flaw(flaw))
     skipped = [s for res in results for s in res.skipped]
     for s in skipped:
         log.warning("skipped %s: %s", s.get("scan") or s.get("nodule") or s.get("file"), s["reason"])
@@ -207,6 +255,7 @@ def extract(root: str | Path, scans: list[ScanInfo], config: ExtractConfig, sour
         "details": skipped,
     }
     stats["missing"] = missing
+    stats["rating_flaws"] = {"count": len(rating_flaws), "details": rating_flaws}
     stats["duplicate_slice_positions"] = {
         "count": sum(len(d) for d in duplicates.values()),
         "scans": duplicates,

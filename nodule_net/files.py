@@ -1,4 +1,5 @@
-"""Writing files so that a failure never leaves a half-written one behind, and checking up front that we can."""
+"""Writing files so that a failure never leaves a half-written one behind, and checking up front that we can
+(a writable folder, room on its disk, memory to build the content)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import psutil  # a dependency of dvc's; the memory available, as the OS counts it
 
 
 def _megabytes(n: float) -> str:
@@ -33,10 +36,22 @@ def check_writable(path: str | os.PathLike, need_bytes: int = 0) -> None:
     except OSError as err:
         raise ValueError(f"Cannot write {path}: {folder} is not writable ({err.strerror or err}); "
                          "make it writable or point the output elsewhere, then re-run.") from None
+    # An older `path` keeps its space until atomic_path's rename, so `free` is what the new copy gets.
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
         raise ValueError(f"Cannot write {path}: it needs about {_megabytes(need_bytes)} but only "
                          f"{_megabytes(free)} are free on {folder}'s disk; free some space, then re-run.")
+
+
+def check_memory(path: str | os.PathLike, need_bytes: int, advice: str) -> None:
+    """Fail before the work if building ``path`` needs more than the ``need_bytes`` of memory available.
+
+    Raises ``ValueError`` with one sentence naming ``path``, both sizes and ``advice`` (what to change).
+    """
+    available = psutil.virtual_memory().available
+    if available < need_bytes:
+        raise ValueError(f"Cannot build {path}: it needs about {_megabytes(need_bytes)} of memory but only "
+                         f"{_megabytes(available)} are available; {advice}, then re-run.")
 
 
 @contextmanager

@@ -20,18 +20,20 @@ processes would leave the last fold alone on one thread).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from multiprocessing import get_context
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from nodule_net.checkpoint import finished_epochs
 from nodule_net.model import ModelConfig
 from nodule_net.store import NoduleDataset
 from nodule_net.train import EpochRecord, FitResult, TrainConfig, fingerprint, fit
-from nodule_net.workers import process_pool
+from nodule_net.workers import WorkerDied, process_pool
 
 
 class FoldProcesses(NamedTuple):
@@ -71,6 +73,10 @@ def _init_worker(data: NoduleDataset, threads: int, epochs) -> None:
     global _worker_data, _worker_epochs
     _worker_data, _worker_epochs = data, epochs
     torch.set_num_threads(threads)
+    # tqdm's default lock is a named semaphore, and one left by a killed worker makes the
+    # resource tracker warn at exit, after the stage's one line. The workers draw no bars
+    # (their epoch lines are whole writes), so a lock of this process will do.
+    tqdm.set_lock(threading.RLock())
 
 
 def _fit_fold(task: tuple) -> tuple[int, FitResult]:
@@ -117,23 +123,30 @@ def fit_in_processes(
     (so dvclive's curves grow during training): for each fold once per epoch, in order,
     including the epochs a resumed checkpoint holds. A worker's error (a non-finite loss,
     say) is raised here as it was raised there; a Ctrl-C stops every worker (each keeps its
-    last finished epoch's checkpoint).
+    last finished epoch's checkpoint), and so does a worker that dies (``WorkerDied``, one
+    line naming its fold).
     """
     paths = checkpoint_paths or {}
     tasks = [(fold, parts, model_config, train_config, paths.get(fold)) for fold, parts in fold_parts.items()]
     # A SimpleQueue's put writes to the pipe before it returns (a Queue's is flushed later by a
-    # thread), so a worker's epochs are all in the pipe once its result is in.
+    # thread), so a worker's epochs are all in the pipe once its result is in. A record is far
+    # below PIPE_BUF, so each write is atomic: a worker killed mid-put leaves no half record.
     epochs = get_context("spawn").SimpleQueue()
-    with process_pool(plan.processes, _init_worker, (data, plan.threads, epochs)) as pool:
-        running = pool.map_async(_fit_fold, tasks, chunksize=1)
-        while True:
-            done = running.ready()  # before draining: nothing can arrive after a done drain
-            while not epochs.empty():
-                fold, record = epochs.get()
-                if on_epoch is not None:
-                    on_epoch(fold, EpochRecord(*record))
-            if done:
-                break
-            running.wait(0.2)
-        results = dict(running.get())  # a worker's exception is raised here
+
+    def deliver() -> None:
+        while not epochs.empty():
+            fold, record = epochs.get()
+            if on_epoch is not None:
+                on_epoch(fold, EpochRecord(*record))
+
+    with process_pool(plan.processes, _init_worker, (data, plan.threads, epochs), stage="train",
+                      resume="every fold keeps its last finished epoch's checkpoint, and `dvc repro` resumes "
+                             "from there") as pool:
+        try:
+            results = dict(pool.imap(_fit_fold, tasks, describe=lambda task: f"training fold {task[0]}",
+                                     while_waiting=deliver))  # a worker's exception is raised here
+        except WorkerDied:
+            deliver()  # the epochs finished before the death: their checkpoints are kept
+            raise
+    deliver()
     return {fold: results[fold] for fold in fold_parts}

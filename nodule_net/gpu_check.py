@@ -114,7 +114,7 @@ def phantom_runs(dataset: str, splits_path: str, params_path: str, device_name: 
     """
     import torch
 
-    from nodule_net.checkpoint import model_path
+    from nodule_net.checkpoint import extract_record, model_path
     from nodule_net.evaluate import jsonable, mae_metrics, predict_folds
     from nodule_net.model import ModelConfig
     from nodule_net.params import load_params
@@ -144,7 +144,7 @@ def phantom_runs(dataset: str, splits_path: str, params_path: str, device_name: 
         with tempfile.TemporaryDirectory() as models:
             paths = {k: model_path(models, k) for k in results}
             for k, result in results.items():
-                save_model(paths[k], result, model_config, k)
+                save_model(paths[k], result, model_config, k, extract=extract_record(data.attrs))
             metrics = mae_metrics(data, predict_folds(data, splits, paths, device))
         report["runs"][name] = jsonable({
             "overrides": overrides, "precision": config.precision, "seed": config.seed, "epochs": config.epochs,

@@ -12,12 +12,20 @@ holds no git-ignored file. They share the repository's DVC cache and run-cache: 
 checks out the outputs recorded in HEAD's ``dvc.lock`` (phantom, extract, split) from the
 cache before reproducing, and a stage whose params an override changed is restored from
 the run-cache once one experiment has run it (README, "The experiment grid").
+
+Queuing is all or nothing: the overrides are applied as DVC applies them and checked
+against the params schema, and every name against HEAD's finished, running and queued
+experiments, before the first experiment is queued; should DVC still refuse one, those
+queued before it are taken out of the queue again.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +33,8 @@ from pathlib import Path
 import yaml
 
 from nodule_net.attributes import ATTRIBUTES
+from nodule_net.experiments import PARAMS_FILE, dvc_message, taken_names
+from nodule_net.params import read_yaml, validate_params
 
 # Table 1's variants in the paper's row order; `full` is SAM+CAAM+ASCMM.
 TABLE1_VARIANTS: tuple[str, ...] = ("none", "sam", "caam", "caam_ascmm", "full")
@@ -94,6 +104,16 @@ def paper_grid() -> tuple[Experiment, ...]:
     return tuple(experiments)
 
 
+def select_experiments(names: Sequence[str]) -> list[Experiment]:
+    """The experiments of the grid named ``names``, in the grid's order (``ValueError`` for other names)."""
+    experiments = paper_grid()
+    unknown = [n for n in names if n not in {e.name for e in experiments}]
+    if unknown:
+        raise ValueError(f"No experiment {', '.join(unknown)} in the grid; its names: "
+                         f"{', '.join(e.name for e in experiments)}.")
+    return [e for e in experiments if e.name in names]
+
+
 def _key(override: str) -> str:
     """The param key of a Hydra override (``+a.b=1`` / ``~a.b`` / ``file.yaml:a.b=1`` → ``a.b``)."""
     key = override.split("=", 1)[0].lstrip("+~")
@@ -127,6 +147,112 @@ def check_params(params: dict) -> None:
                          "Add it to params.yaml and commit.")
 
 
+def overridden_params(params_path: str | Path, overrides: Sequence[str]) -> dict:
+    """``params.yaml`` as a queued run will read it: DVC's own ``-S`` (Hydra) applied to a copy, read back.
+
+    DVC's Hydra grammar, not YAML's, reads the values (``1e-3`` is a number; PyYAML would
+    read a string). Raises ``ValueError`` with DVC's whole message where DVC refuses one.
+    """
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / PARAMS_FILE
+        shutil.copyfile(params_path, copy)
+        try:
+            apply_overrides(copy, list(overrides))
+        except InvalidArgumentError as err:
+            raise ValueError(f"-S {' -S '.join(overrides)}: DVC refuses it: {dvc_message(err)}") from None
+        with open(copy) as f:
+            return read_yaml(f)  # as the stages read it
+
+
+def _check_override(params_path: Path, override: str, label: str) -> None:
+    """Refuse one ``-S`` for params.yaml that DVC would refuse or that the schema would (in every stage)."""
+    from dvc.utils.hydra import to_hydra_overrides
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = to_hydra_overrides([override])[0]
+    except OverrideParseException as err:
+        raise ValueError(f"-S {override}: DVC refuses it: {dvc_message(err)}") from None
+    if parsed.is_sweep_override():
+        raise ValueError(f"-S {override} is a sweep: DVC would queue every experiment once per value, as "
+                         "t1-none-1, t1-none-2, …, names the report does not read; give one value.")
+    try:
+        raw = overridden_params(params_path, [override])
+    except ValueError:
+        if parsed.is_add() or parsed.is_force_add() or parsed.is_delete():
+            raise
+        # Hydra refuses to change a key params.yaml lacks; when the schema lacks it too (a misspelt key),
+        # the schema's message names the closest valid key, which DVC's does not.
+        validate_params(overridden_params(params_path, ["++" + override]), label)
+        raise
+    validate_params(raw, label)
+
+
+def check_against_schema(repo: Path, extra: Sequence[str], experiments: Sequence[Experiment]) -> None:
+    """Refuse overrides that DVC would refuse or that would fail every queued run (``-S train.epochs=0``).
+
+    Each experiment's ``-S`` are applied to params.yaml as DVC applies them, and the result is
+    checked against :data:`nodule_net.params.SCHEMA`, with the stages' one-line errors.
+    """
+    from dvc.utils.cli_parse import to_path_overrides
+
+    params_path = repo / PARAMS_FILE
+    # Overrides of other params files (``other.yaml:key=value``) pass through unchecked.
+    ours = to_path_overrides(extra).get(PARAMS_FILE, [])
+    label = f"{PARAMS_FILE} with -S {' -S '.join(extra)}" if extra else PARAMS_FILE
+    for override in ours:  # one at a time first, so that an error names its override
+        _check_override(params_path, override, label)
+    for experiment in experiments:
+        validate_params(overridden_params(params_path, [*ours, *experiment.overrides()]), label)
+
+
+def _clash_message(taken: dict[str, str], experiments: Sequence[Experiment], extra: Sequence[str]) -> str:
+    clashes = [e.name for e in experiments if e.name in taken]
+    by_state = {state: [n for n in clashes if taken[n] == state] for state in ("success", "running", "queued")}
+    listed = "; ".join(f"{'finished' if state == 'success' else state}: {', '.join(names)}"
+                       for state, names in by_state.items() if names)
+    message = (f"{len(clashes)} of {len(experiments)} names are taken at this commit ({listed}); nothing was "
+               f"queued. Remove them with `dvc exp remove {' '.join(clashes)}`")
+    if by_state["running"]:
+        message += f" (after `dvc queue kill {' '.join(by_state['running'])}`)"
+    free = [e.name for e in experiments if e.name not in taken]
+    if free:
+        again = " ".join(["nodule-net grid --exp", *free, *(f"-S {o}" for o in extra)])
+        message += f", or queue only the others with `{again}`"
+    return message + "."
+
+
+def _undo(repo: Path, queued: Sequence[str], in_flight: str | None = None) -> str:
+    """Take ``queued`` (and ``in_flight``, if DVC got to queue it) out of the queue; says what became of them."""
+    if in_flight is not None and taken_names(repo).get(in_flight) == "queued":
+        queued = [*queued, in_flight]
+    if not queued:
+        return "nothing was queued."
+    done = subprocess.run([sys.executable, "-m", "dvc", "queue", "remove", *queued], cwd=repo,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return (f"{', '.join(queued)} stay queued ({dvc_message(done)}); remove them with "
+                f"`dvc queue remove {' '.join(queued)}`.")
+    were = "was" if len(queued) == 1 else "were"
+    return f"{', '.join(queued)} {were} taken out of the queue again; nothing is queued."
+
+
+def _print(line: str) -> None:
+    """``print``, flushed; once the reader has gone (``| head``) the rest goes to /dev/null.
+
+    Python's recipe for SIGPIPE (docs: signal, "Note on SIGPIPE"). The command goes on and
+    exits 0: what it queues does not depend on who reads its output.
+    """
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def uncommitted(repo: str | Path, paths: Sequence[str] = COMMITTED_PATHS) -> list[str]:
     """Files under ``paths`` that differ from HEAD or are untracked (git-ignored ones excepted)."""
     out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *paths],
@@ -145,32 +271,46 @@ def queue_command(experiment: Experiment, extra: Sequence[str]) -> list[str]:
 
 
 def queue_grid(repo: str | Path, extra: Sequence[str] = (), dry_run: bool = False,
-               experiments: Sequence[Experiment] | None = None, echo=print) -> list[Experiment]:
-    """Queue ``experiments`` (default: :func:`paper_grid`) in the DVC repository ``repo``.
+               experiments: Sequence[Experiment] | None = None, echo=_print,
+               names: Sequence[str] | None = None) -> list[Experiment]:
+    """Queue ``experiments`` (default: :func:`paper_grid`, or those of it named ``names``) in ``repo``.
 
     Refuses (``ValueError``) when params/pipeline/code files have uncommitted changes:
     DVC would fold them into every queued run, which then no commit reproduces, and
-    would leave out untracked files altogether. With ``dry_run`` only prints the commands.
+    would leave out untracked files altogether; when an override fails the params schema;
+    and when a name is taken at HEAD (finished, running or queued: DVC itself only refuses
+    finished ones, and would queue a name twice). All or nothing. With ``dry_run`` only
+    prints the commands, after the same checks except the names'.
     """
     repo = Path(repo)
-    experiments = list(paper_grid() if experiments is None else experiments)
+    if experiments is None:
+        experiments = select_experiments(names) if names else paper_grid()
+    experiments = list(experiments)
     check_overrides(extra)
-    with open(repo / "params.yaml") as f:
+    with open(repo / PARAMS_FILE) as f:
         check_params(yaml.safe_load(f))
+    check_against_schema(repo, extra, experiments)
     dirty = uncommitted(repo)
     if dirty and not dry_run:
         raise ValueError(f"Uncommitted changes to {', '.join(dirty[:5])}{' …' if len(dirty) > 5 else ''}: queued "
                          "runs start from HEAD; commit them first (or run with --dry-run).")
-    for experiment in experiments:
+    taken = {} if dry_run else taken_names(repo)
+    if any(e.name in taken for e in experiments):
+        raise ValueError(_clash_message(taken, experiments, extra))
+    for position, experiment in enumerate(experiments):
         command = queue_command(experiment, extra)
         if dry_run:
             echo(" ".join(command))
             continue
-        # `python -m dvc`: the dvc of this environment, whether or not it is on PATH.
-        done = subprocess.run([sys.executable, "-m", *command], cwd=repo, capture_output=True, text=True)
+        try:
+            # `python -m dvc`: the dvc of this environment, whether or not it is on PATH.
+            done = subprocess.run([sys.executable, "-m", *command], cwd=repo, capture_output=True, text=True)
+        except KeyboardInterrupt:  # the wrapper says "interrupted" and exits 130; the queue is left as it was
+            _undo(repo, [e.name for e in experiments[:position]], in_flight=experiment.name)
+            raise
         if done.returncode != 0:
-            error = (done.stderr.strip() or done.stdout.strip()).splitlines() or ["(no output)"]
-            raise ValueError(f"dvc exp run --queue --name {experiment.name} failed: {error[-1].removeprefix('ERROR: ')}")
+            raise ValueError(f"dvc exp run --queue --name {experiment.name} failed: {dvc_message(done)}; "
+                             + _undo(repo, [e.name for e in experiments[:position]]))
         echo(f"queued {experiment.name:24} {experiment.tables:32} {' '.join(experiment.overrides())}")
     if dirty:
         echo(f"note: uncommitted changes to {', '.join(dirty[:5])}; the real run would refuse until they are committed.")

@@ -39,12 +39,16 @@ def model_config_from_dict(config: dict) -> ModelConfig:
     return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
-def load_model(path: str | os.PathLike, device: torch.device) -> LoadedModel:
-    """The model saved by :func:`nodule_net.checkpoint.save_model`, on ``device``, in eval mode."""
-    saved = read_model_file(path, device)
+def _loaded(saved: dict, device: torch.device) -> LoadedModel:
+    """The network of a model file's dict (see :func:`~nodule_net.checkpoint.read_model_file`), in eval mode."""
     model = NoduleNet(model_config_from_dict(saved["model_config"])).to(device)
     model.load_state_dict(saved["model"])
     return LoadedModel(model.eval(), saved["mean"], saved["std"])
+
+
+def load_model(path: str | os.PathLike, device: torch.device) -> LoadedModel:
+    """The model saved by :func:`nodule_net.checkpoint.save_model`, on ``device``, in eval mode."""
+    return _loaded(read_model_file(path, device), device)
 
 
 def predict(
@@ -111,15 +115,33 @@ def find_fold_models(models_dir: str | os.PathLike) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def load_fold_models(models_dir: str | os.PathLike, device: torch.device) -> dict[int, LoadedModel]:
-    """All fold models of ``models_dir`` on ``device``; they must share one model config."""
-    models = {fold: load_model(path, device) for fold, path in find_fold_models(models_dir).items()}
+def describe_crop(record: dict | None) -> str:
+    """``image_side=64, extent_fraction=0.8`` of an extract record (the settings that shape a crop)."""
+    if record is None:
+        return "not recorded"
+    return ", ".join(f"{key}={record[key]}" for key in ("image_side", "extent_fraction") if key in record)
+
+
+def load_fold_models(models_dir: str | os.PathLike, device: torch.device) -> tuple[dict[int, LoadedModel], dict | None]:
+    """All fold models of ``models_dir`` on ``device``, and the extract settings of their training data.
+
+    The settings are the models' ``extract`` record (:func:`nodule_net.checkpoint.save_model`),
+    None for files written before it existed. The folds must share one model config and one
+    record: an ensemble of models that saw differently cropped nodules scores no one crop right.
+    """
+    saved = {fold: read_model_file(path, device) for fold, path in find_fold_models(models_dir).items()}
+    models = {fold: _loaded(s, device) for fold, s in saved.items()}
     configs = {fold: m.model.config for fold, m in models.items()}
     first = next(iter(configs))
     if any(c != configs[first] for c in configs.values()):
         raise ValueError(f"{models_dir}: the fold models were trained with different model params; "
                          "retrain all folds with the same params (`dvc repro`).")
-    return models
+    crops = {fold: s.get("extract") for fold, s in saved.items()}
+    if any(c != crops[first] for c in crops.values()):
+        folds = "; ".join(f"fold {fold}: {describe_crop(c)}" for fold, c in crops.items())
+        raise ValueError(f"{models_dir}: the fold models were trained on differently cropped nodules ({folds}); "
+                         "retrain all folds on one dataset (`dvc repro`).")
+    return models, crops[first]
 
 
 def predict_volume(loaded: LoadedModel, volume: np.ndarray, device: torch.device) -> Predictions:

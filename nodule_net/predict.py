@@ -1,8 +1,9 @@
 """`nodule-net predict`: score a nodule of your own CT series with the trained fold models.
 
-The nodule is cropped exactly as ``extract`` crops a LIDC nodule (a square around the box,
-:func:`nodule_net.preprocess.nodule_patch` on HU slices read by :mod:`nodule_net.dicom`),
-or taken from an extracted dataset by its id. Every fold model found scores it
+The nodule is cropped exactly as ``extract`` cropped the models' training nodules (a square
+around the box, :func:`nodule_net.preprocess.nodule_patch` on HU slices read by
+:mod:`nodule_net.dicom`, with the ``extract`` settings their model files record), or taken
+from an extracted dataset by its id. Every fold model found scores it
 (:mod:`nodule_net.inference`); the report is their mean with its spread (std, min–max),
 the SAM weight of each slice and the strongest CAAM relations.
 
@@ -16,8 +17,9 @@ whose centres lie within the diameter's half on each axis. Axial series, as LIDC
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +28,20 @@ import torch
 
 from nodule_net.analysis import normalise_rows
 from nodule_net.attributes import ABBREVIATIONS, RATING_MAX, RATING_MIN, attribute_index, denormalise
+from nodule_net.checkpoint import extract_record
 from nodule_net.dicom import DicomError, SeriesIndex, index_series, read_hu
 from nodule_net.extract import ExtractConfig
-from nodule_net.inference import LoadedModel, Predictions, load_fold_models, predict_volume
-from nodule_net.preprocess import nodule_patch
+from nodule_net.inference import LoadedModel, Predictions, describe_crop, load_fold_models, predict_volume
+from nodule_net.params import load_params
+from nodule_net.preprocess import nodule_patch, square_box
 from nodule_net.store import read_dataset
 
 TOP_RELATIONS = 5  # CAAM relations printed (the JSON holds the whole matrix)
+# Below this share of the crop's square inside the image, the crop is mostly padding air: not a
+# nodule like those the models learnt from (the box or diameter is wrong), so it is refused.
+MIN_CROP_INSIDE = 0.5
+
+log = logging.getLogger(__name__)
 _SERIES_TAGS = ["Modality", "SeriesInstanceUID"]  # what tells one CT series from anything else
 
 
@@ -132,8 +141,9 @@ def box_from_centre(centre: tuple[float, float, float], diameter_mm: float, seri
     return tuple(box)
 
 
-def check_box(box: tuple[int, ...], series: Series) -> None:
-    """Raise ``ValueError`` for a box with no slices, rows or columns, or one outside the volume."""
+def check_box(box: tuple[int, ...], series: Series, extent_fraction: float) -> None:
+    """Raise ``ValueError`` for a box with no slices, rows or columns, one outside the volume,
+    or one whose crop (its square at ``extent_fraction``) lies mostly outside the image."""
     i0, i1, j0, j1, k0, k1 = box
     if k1 <= k0:
         raise ValueError(f"box slices [{k0}, {k1}) hold no slice: k1 must be greater than k0 (half-open box).")
@@ -142,11 +152,17 @@ def check_box(box: tuple[int, ...], series: Series) -> None:
     rows, columns = series.shape
     if k0 < 0 or k1 > len(series.z) or i1 <= 0 or j1 <= 0 or i0 >= rows or j0 >= columns:
         raise ValueError(f"box {list(box)} is outside the volume ({series.describe()}; slices 0–{len(series.z) - 1}).")
+    r0, r1, c0, c1 = square_box(i0, i1, j0, j1, extent_fraction)
+    inside = max(0, min(r1, rows) - max(r0, 0)) * max(0, min(c1, columns) - max(c0, 0)) / ((r1 - r0) * (c1 - c0))
+    if inside < MIN_CROP_INSIDE:
+        raise ValueError(f"box {list(box)} is cropped as the square rows [{r0}, {r1}) × columns [{c0}, {c1}), "
+                         f"{inside:.0%} of it inside the volume ({series.describe()}): mostly outside; give a box "
+                         "(or a centre and diameter) that covers the nodule itself.")
 
 
 def crop_series(series: Series, box: tuple[int, ...], slices: list[int] | None, config: ExtractConfig) -> np.ndarray:
     """(M, side, side) HU patches of ``slices`` (default: every slice of the box), as extract crops them."""
-    check_box(box, series)
+    check_box(box, series, config.extent_fraction)
     ks = list(range(box[4], box[5])) if slices is None else [int(k) for k in slices]
     if not ks:
         raise ValueError("--slices is empty: name at least one slice.")
@@ -157,15 +173,37 @@ def crop_series(series: Series, box: tuple[int, ...], slices: list[int] | None, 
                                   config.image_side) for k in ks])
 
 
-def extract_config(params_path: str | Path = "params.yaml") -> ExtractConfig:
-    """The crop settings the models were trained with: params.yaml's ``extract``, else the defaults."""
+def training_crop(record: dict | None, models_dir: str | Path) -> ExtractConfig:
+    """The extract settings the models were trained on: their record, else extract's defaults (said in one line)."""
+    if record is None:
+        assumed = ExtractConfig()
+        log.warning(f"{models_dir}: the fold models do not record the crop they were trained on (written before "
+                    f"model files held it); assuming extract's defaults, {describe_crop(asdict(assumed))} — retrain "
+                    "them (`dvc repro train`) if their data was extracted otherwise.")
+        return assumed
+    return ExtractConfig(**{f.name: record[f.name] for f in fields(ExtractConfig) if f.name in record})
+
+
+def check_params_agree(crop: ExtractConfig, params_path: str | Path) -> None:
+    """Validate ``params_path`` (if it exists) and say in one line where its ``extract`` differs from ``crop``."""
     path = Path(params_path)
     if not path.exists():
-        return ExtractConfig()
-    import yaml
+        return
+    section = load_params(path)["extract"]
+    differ = [f"extract.{f.name}={section[f.name]} (the models': {getattr(crop, f.name)})"
+              for f in fields(ExtractConfig) if section[f.name] != getattr(crop, f.name)]
+    if differ:
+        log.warning(f"{path} differs from what the models were trained on: {', '.join(differ)}; cropping as the "
+                    f"models were trained ({describe_crop(asdict(crop))}).")
 
-    section = (yaml.safe_load(path.read_text()) or {}).get("extract") or {}
-    return ExtractConfig(**{f.name: section[f.name] for f in fields(ExtractConfig) if f.name in section})
+
+def check_dataset_crop(data, dataset: str | Path, crop: ExtractConfig, models_dir: str | Path) -> None:
+    """Raise ``ValueError`` if ``data``'s nodules were cropped otherwise than the models' training nodules."""
+    stored = extract_record(data.attrs) or {"image_side": int(data.images.shape[-1])}
+    if any(stored[key] != getattr(crop, key) for key in ("image_side", "extent_fraction") if key in stored):
+        raise ValueError(f"{dataset} holds nodules cropped with {describe_crop(stored)} but the models in {models_dir} "
+                         f"were trained on {describe_crop(asdict(crop))}; score a nodule of the dataset they were "
+                         "trained on, or give its series folder and --box.")
 
 
 # --- ensemble (pure) -----------------------------------------------------------------------
@@ -224,13 +262,16 @@ def run_predict(args) -> dict:
     """Everything `nodule-net predict` reports, as a dict (``--json`` prints it as is)."""
     from nodule_net.device import resolve_device
 
-    device = resolve_device(args.device)
-    models = load_fold_models(args.models, device)  # first: no models is the first thing to say
+    device = resolve_device(args.device, what="--device")
+    models, record = load_fold_models(args.models, device)  # first: no models is the first thing to say
     config = next(iter(models.values())).model.config
+    crop = training_crop(record, args.models)
+    check_params_agree(crop, args.params)
     source: dict
     truth = None
     if args.nodule_id is not None:
         data = read_dataset(args.dataset)
+        check_dataset_crop(data, args.dataset, crop, args.models)
         where = np.flatnonzero(data.nodule_id == args.nodule_id)
         if len(where) == 0:
             raise ValueError(f"{args.dataset}: no nodule {args.nodule_id!r} (ids look like {data.nodule_id[0]}).")
@@ -247,12 +288,13 @@ def run_predict(args) -> dict:
             centre = (voxel_from_mm(args.centre_mm, series) if args.centre_mm is not None
                       else tuple(float(v) for v in args.centre_voxel))
             box = box_from_centre(centre, args.diameter_mm, series)
-        volume = crop_series(series, box, args.slices, extract_config(args.params))
+        volume = crop_series(series, box, args.slices, crop)
         ks = list(range(box[4], box[5])) if args.slices is None else list(args.slices)
         source = {"series": str(args.series), "series_uid": series.uid, "box": list(box), "slices": ks,
                   "z_mm": [float(series.z[k]) for k in ks]}
     result = {"input": source, "models": {"folder": str(args.models), "folds": list(models),
-                                          "variant": config.variant, "malignancy": config.malignancy}}
+                                          "variant": config.variant, "malignancy": config.malignancy,
+                                          "extract": asdict(crop), "extract_recorded": record is not None}}
     result |= predict_nodule(volume, models, device)
     if truth is not None:
         result["truth"] = truth
@@ -268,7 +310,9 @@ def format_result(result: dict) -> str:
     lines = [f"{where}: box rows {box[0]}–{box[1]}, columns {box[2]}–{box[3]}, slices "
              f"{', '.join(map(str, source['slices']))} (half-open box, {len(source['slices'])} slices)",
              f"models: {models['folder']}, {len(models['folds'])} folds ({', '.join(map(str, models['folds']))}), "
-             f"variant {models['variant']}; scores are the folds' mean, spread their std and min–max", ""]
+             f"variant {models['variant']}, crop {describe_crop(models['extract'])}"
+             f"{'' if models['extract_recorded'] else ' (assumed)'}; scores are the folds' mean, spread their std "
+             "and min–max", ""]
     truth = result.get("truth")
     lines.append(f"{'attribute':22}{'score':>7}{'std':>7}{'min–max':>14}{'scale':>8}" + (f"{'truth':>8}" if truth else ""))
     for a, s in result["scores"].items():

@@ -12,6 +12,7 @@ behind every row and the nodules and folds it rests on.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from nodule_net import grid, paper_results
 from nodule_net.attributes import ABBREVIATIONS, ATTRIBUTES
 from nodule_net.experiments import (ExperimentRecord, exp_show, latest_by_name, parse_exp_show, pipeline_var,
                                     read_predictions)
-from nodule_net.files import write_text_atomic
+from nodule_net.files import check_writable, write_text_atomic
 from nodule_net.significance import Comparison, absolute_errors, compare, pair_errors
 
 MISSING = "—"
@@ -337,8 +338,6 @@ def source_line(records: Sequence[ExperimentRecord]) -> str:
         which = "every experiment" if len(phantom) == len(records) else f"experiments {', '.join(phantom)}"
         return (f"**Synthetic pixels, not real CT:** {which} ran on the phantom (`data.source=phantom`), whose "
                 "nodules are drawn from LIDC's annotations; these numbers test the pipeline, not the paper's claims.")
-    if not records:
-        return "**No finished experiment:** every cell below is empty; queue the grid with `nodule-net grid`."
     return f"Data: LIDC-IDRI CT (`data.source={', '.join(sources)}`)."
 
 
@@ -410,14 +409,42 @@ def _plot_differences(comparisons: dict[str, Comparison | str], path: Path) -> b
 
 
 def select(records: dict[str, ExperimentRecord], names: Sequence[str] | None) -> dict[str, ExperimentRecord]:
-    """``records`` limited to ``names`` (all when None); a name DVC does not know is an error."""
+    """``records`` limited to ``names`` (all when None); a name DVC does not know, or not finished, is an error."""
     if not names:
         return records
     unknown = [n for n in names if n not in records]
     if unknown:
         known = ", ".join(sorted(records)) or "none"
         raise ValueError(f"No experiment named {', '.join(unknown)} (known: {known}); see `dvc exp show`.")
+    unfinished = [records[n] for n in names if not records[n].done]
+    if unfinished:
+        them = "it" if len(unfinished) == 1 else "them"
+        failed = [r.name for r in unfinished if r.state == "failed"]
+        why = f"`dvc queue logs {failed[0]}` says why it failed, " if failed else ""
+        raise ValueError(f"--exp {', '.join(f'{r.name} ({r.state})' for r in unfinished)}: not finished, so the "
+                         f"report would have no numbers for {them}; {why}`dvc queue status` shows the queue; "
+                         f"wait for {them} or leave {them} out of --exp.")
     return {n: records[n] for n in names}
+
+
+def check_finished(records: dict[str, ExperimentRecord], all_commits: bool) -> None:
+    """Refuse a report without a single number: no experiment of the paper's grid has finished."""
+    if any((r := records.get(e.name)) and r.done for e in grid.paper_grid()):
+        return
+    states = Counter("finished (not in the grid)" if r.done else r.state for r in records.values())
+    listed = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+    where = "in any commit" if all_commits else "at HEAD"
+    raise ValueError(f"No finished experiment of the paper's grid {where} (DVC lists {listed}), so there is "
+                     "nothing to report; `dvc queue status` shows the queue, `dvc queue logs NAME` why one failed, "
+                     "`nodule-net grid` queues the grid" + ("." if all_commits else
+                                                            ", `--all` reads other commits' experiments."))
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, before any work (the report is a folder of files)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, but the report is a folder (report.md and its figures): "
+                         f"name a folder, or move {out} away.")
 
 
 def load_experiments(repo: str | Path = ".", names: Sequence[str] | None = None,
@@ -429,12 +456,18 @@ def load_experiments(repo: str | Path = ".", names: Sequence[str] | None = None,
 
 def write_report(repo: str | Path = ".", out: str | Path = "report", names: Sequence[str] | None = None,
                  all_commits: bool = False) -> Path:
-    """Write ``<out>/report.md`` and its figures; returns the report's path."""
+    """Write ``<out>/report.md`` and its figures; returns the report's path.
+
+    Refuses (``ValueError``, before the work) an ``out`` that is a file or cannot be written,
+    a ``names`` experiment that has not finished, and a report without a finished experiment.
+    """
     out = Path(out)
+    check_out_folder(out)
     exps = load_experiments(repo, names, all_commits)
     records = exps.records
+    check_finished(records, all_commits)
+    check_writable(out / "report.md")  # creates `out`; before the statistics, not after them
     sections, comparisons = build_sections(exps)
-    out.mkdir(parents=True, exist_ok=True)
     used = [records[n] for n in sorted(exps.used)]
     lines = [source_line(used), "", "# nodule-net report: the paper's tables from this repository's experiments", ""]
     lines += [f"Generated by `nodule-net report` from {len(used)} finished experiments "

@@ -19,18 +19,20 @@ PAPER = {
 def interobserver_mae(reader_ratings: np.ndarray) -> np.ndarray:
     """MAE over all pairs of readers' ratings of a nodule, pooled over all pairs: (9,).
 
-    ``reader_ratings``: (N, R, 9), NaN where a reader is absent. Nodules with a single
-    reader contribute no pair.
+    ``reader_ratings``: (N, R, 9), NaN where a reader is absent or where one rating was
+    outside its scale (then that pair counts for the other attributes only). Nodules with a
+    single reader contribute no pair.
     """
     rr = np.asarray(reader_ratings, dtype=np.float64)
     total = np.zeros(rr.shape[-1])
-    pairs = 0
+    pairs = np.zeros(rr.shape[-1], dtype=np.int64)
     for a in range(rr.shape[1]):
         for b in range(a + 1, rr.shape[1]):
-            both = ~np.isnan(rr[:, a, 0]) & ~np.isnan(rr[:, b, 0])
-            total += np.abs(rr[both, a] - rr[both, b]).sum(axis=0)
-            pairs += int(both.sum())
-    return total / pairs if pairs else np.full(rr.shape[-1], np.nan)
+            both = ~np.isnan(rr[:, a]) & ~np.isnan(rr[:, b])  # (N, 9)
+            total += np.where(both, np.abs(rr[:, a] - rr[:, b]), 0.0).sum(axis=0)
+            pairs += both.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, total / np.maximum(pairs, 1), np.nan)
 
 
 def slice_histogram(n_slices: np.ndarray) -> dict[str, int]:
@@ -48,7 +50,7 @@ def summarise(n_slices: np.ndarray, box_hw: np.ndarray, reader_ratings: np.ndarr
     """
     n_slices = np.asarray(n_slices)
     box_hw = np.asarray(box_hw)
-    n_readers = (~np.isnan(np.asarray(reader_ratings)[:, :, 0])).sum(axis=1)
+    n_readers = (~np.isnan(np.asarray(reader_ratings)).all(axis=2)).sum(axis=1)  # a reader rates some attribute
     ib = interobserver_mae(reader_ratings)
     return {
         "nodules": int(len(n_slices)),

@@ -13,8 +13,8 @@ Layout (DESIGN.md, "Dataset contract"):
 - ``slice_index``     (S,) int64 — index into the scan's sorted z positions of every slice
 - file attrs: ``schema_version``, ``source``, ``pylidc_version``, ``params`` (JSON)
 
-Files are written under a temporary name and renamed, so a killed run never leaves
-a half-written dataset behind.
+Files are built in memory, then written under a temporary name and renamed, so a killed
+run or a full disk never leaves a half-written dataset behind.
 """
 
 from __future__ import annotations
@@ -65,17 +65,32 @@ class NoduleDataset:
 
 
 _STRING_FIELDS = ("nodule_id", "patient_id")
-_ARRAY_FIELDS = (
-    "images",
-    "offsets",
-    "ratings",
-    "reader_ratings",
-    "n_readers",
-    "scan_id",
-    "spacing_mm",
-    "bbox",
-    "slice_index",
-)
+# The numeric fields, in the order they are written, and what each holds (numpy's dtype.kind).
+_ARRAY_KINDS = {
+    "images": "f",
+    "offsets": "iu",
+    "ratings": "f",
+    "reader_ratings": "f",
+    "n_readers": "iu",
+    "scan_id": "iu",
+    "spacing_mm": "f",
+    "bbox": "iu",
+    "slice_index": "iu",
+}
+_ARRAY_FIELDS = tuple(_ARRAY_KINDS)
+_KIND_NAMES = {"f": "floating-point numbers", "iu": "integers"}
+
+
+def _dtype_problem(name: str, dtype: np.dtype) -> str | None:
+    """Why field ``name`` cannot hold ``dtype`` (an h5py dataset's), in words; None if it can."""
+    is_text = h5py.check_string_dtype(dtype) is not None
+    if name in _STRING_FIELDS:
+        fits, expected = is_text, "strings"
+    else:
+        fits, expected = not is_text and dtype.kind in _ARRAY_KINDS[name], _KIND_NAMES[_ARRAY_KINDS[name]]
+    if fits:
+        return None
+    return f"the dataset {name!r} holds {'strings' if is_text else dtype}, expected {expected}"
 
 
 def dataset_problem(data: NoduleDataset) -> str | None:
@@ -123,11 +138,10 @@ def dataset_problem(data: NoduleDataset) -> str | None:
     return None
 
 
-def write_dataset(path: str | os.PathLike, data: NoduleDataset) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, then rename); refuse an unsound dataset."""
-    if problem := dataset_problem(data):
-        raise ValueError(f"{path} not written: {problem}.")
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+def _file_image(data: NoduleDataset) -> bytes:
+    """The bytes of the HDF5 file of ``data``, built in memory (the same bytes h5py writes to a file)."""
+    # HDF5's in-memory driver: without a backing store nothing touches the disk.
+    with h5py.File("nodules.h5", "w", driver="core", backing_store=False) as f:
         for name in _ARRAY_FIELDS:
             arr = np.asarray(getattr(data, name))
             # Chunk the big one in blocks of slices; the rest are small.
@@ -140,6 +154,28 @@ def write_dataset(path: str | os.PathLike, data: NoduleDataset) -> None:
         f.attrs["attributes"] = json.dumps(list(ATTRIBUTES))
         for key, value in data.attrs.items():
             f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        f.flush()
+        return f.id.get_file_image()
+
+
+def write_dataset(path: str | os.PathLike, data: NoduleDataset) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, then rename); refuse an unsound dataset.
+
+    A disk that fills up (or any other write error) raises ``OSError`` naming ``path``,
+    with nothing left behind but the previous file.
+    """
+    if problem := dataset_problem(data):
+        raise ValueError(f"{path} not written: {problem}.")
+    # Built in memory, then written with plain file I/O. HDF5 writing to a full disk reports
+    # ENOSPC only inside RuntimeError messages, partly from destructors, and then leaves its
+    # file state broken: the interpreter then segfaults at exit. Costs a copy of
+    # the file in memory while it is written (pipeline/extract.py's memory check counts it).
+    image = _file_image(data)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+            out.write(image)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 # What to do about a damaged dataset: -f because DVC may have recorded the damaged file as
@@ -164,6 +200,9 @@ def read_dataset(path: str | os.PathLike) -> NoduleDataset:
             for name in (*_ARRAY_FIELDS, *_STRING_FIELDS):
                 if not isinstance(f.get(name), h5py.Dataset):
                     raise ValueError(f"{path}: the dataset {name!r} is missing; {_REDO}.")
+                # Before reading: asstr() of numbers is a TypeError, numbers of text fail later.
+                if problem := _dtype_problem(name, f[name].dtype):
+                    raise ValueError(f"{path}: {problem}; {_REDO}.")
             fields = {name: f[name][()] for name in _ARRAY_FIELDS}
             for name in _STRING_FIELDS:
                 fields[name] = f[name].asstr()[()]

@@ -391,7 +391,11 @@ def fit(
     return FitResult(best_state, mean, std, best_epoch, best_mae, history)
 
 
-def save_model(path: str | os.PathLike, result: FitResult, model_config: ModelConfig, fold: int) -> None:
-    """Write the selected model of ``result`` (see :func:`nodule_net.checkpoint.save_model`)."""
+def save_model(path: str | os.PathLike, result: FitResult, model_config: ModelConfig, fold: int,
+               extract: dict | None = None) -> None:
+    """Write the selected model of ``result`` (see :func:`nodule_net.checkpoint.save_model`).
+
+    ``extract``: the training data's extract settings (``extract_record(data.attrs)``), which `predict` crops with.
+    """
     save_model_file(path, result.model_state, asdict(model_config), result.mean, result.std, fold,
-                    result.best_epoch, result.best_val_mae)
+                    result.best_epoch, result.best_val_mae, extract)

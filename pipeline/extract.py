@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from nodule_net.extract import ExtractConfig, extract
-from nodule_net.files import check_writable, write_text_atomic
+from nodule_net.files import check_memory, check_writable, write_text_atomic
 from nodule_net.lidc import scans_for_patients
 from nodule_net.params import load_params, user_errors_exit
 from nodule_net.phantom import read_manifest
@@ -37,8 +37,13 @@ def main() -> None:
     # Checked before the work: every kept slice is image_side² float32. The phantom wrote at
     # least every slice a nodule has; a real scan has ~17 nodule slices on average on LIDC.
     slices = sum(s["slices"] for s in manifest["scans"]) if data["source"] == "phantom" else 40 * len(scans)
-    check_writable(args.out, slices * e["image_side"] ** 2 * 4)
+    images_bytes = slices * e["image_side"] ** 2 * 4
+    check_writable(args.out, images_bytes)
     check_writable(args.stats)
+    # Three copies at the peaks: the scans' nodules, their concatenation and its float32 copy
+    # (extract); the dataset, HDF5's in-memory file and its image (write_dataset).
+    check_memory(args.out, 3 * images_bytes,
+                 "lower extract.image_side (memory grows as its square) or free some memory")
     config = ExtractConfig(clevel=e["clevel"], extent_fraction=e["extent_fraction"],
                            image_side=e["image_side"])
     dataset, stats = extract(root, scans, config, source=data["source"], workers=e["workers"])

@@ -15,12 +15,13 @@ their per-fold outs with this script as their command.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
 from dvclive import Live
 
-from nodule_net.checkpoint import model_path
+from nodule_net.checkpoint import extract_record, model_path
 from nodule_net.device import resolve_device
 from nodule_net.files import check_writable
 from nodule_net.folds import train_folds, trains_at_once
@@ -29,6 +30,25 @@ from nodule_net.params import load_params, user_errors_exit
 from nodule_net.split import fold_indices, read_splits
 from nodule_net.store import read_dataset
 from nodule_net.train import EpochRecord, save_model, train_config_from_params
+
+
+# files.atomic_path writes a file whole beside its previous version before the rename replaces it.
+ATOMIC_COPIES = 2
+
+
+def _disk(path: Path) -> int:
+    """The device id of the filesystem ``path`` will be written to (its nearest existing folder's)."""
+    return next(folder for folder in path.parents if folder.exists()).stat().st_dev
+
+
+def check_room(needs: dict[Path, int]) -> None:
+    """:func:`check_writable` for every path, each against the bytes of all the paths on its disk."""
+    disks = {path: _disk(path) for path in needs}
+    per_disk = Counter()
+    for path, need in needs.items():
+        per_disk[disks[path]] += need
+    for path, disk in disks.items():
+        check_writable(path, per_disk[disk])
 
 
 @user_errors_exit(interrupted="interrupted; `dvc repro` resumes from the last epoch")
@@ -57,10 +77,11 @@ def main() -> None:
     checkpoints = {k: Path(args.checkpoints) / f"fold{k}.pt" for k in trained}
     # The weights' size (not on the meta device: initialising there imports torch._dynamo, seconds).
     weights = sum(p.numel() * p.element_size() for p in NoduleNet(model_config).parameters())
-    for k in trained:  # before any epoch: a checkpoint holds the model, the best model and Adam's two moments
-        check_writable(checkpoints[k], 4 * weights)
+    # Before any epoch: a checkpoint holds the model, the best model and Adam's two moments; every fold's
+    # checkpoint stays until the end, and each file needs room for its temporary copy too.
+    check_room({checkpoints[k]: ATOMIC_COPIES * 4 * weights for k in trained}
+               | {model_path(args.models, k): ATOMIC_COPIES * weights for k in written})
     for k in written:
-        check_writable(model_path(args.models, k), weights)
         check_writable(Path(args.live) / f"fold{k}" / "metrics.json")
 
     data = read_dataset(args.dataset)
@@ -83,7 +104,7 @@ def main() -> None:
             lives[k].summary["best_epoch"] = results[k].best_epoch
             lives[k].summary["best_val_mae"] = results[k].best_val_mae
     for k in written:
-        save_model(model_path(args.models, k), results[k], model_config, k)
+        save_model(model_path(args.models, k), results[k], model_config, k, extract_record(data.attrs))
         print(f"fold {k}: best validation MAE {results[k].best_val_mae:.4f} at epoch {results[k].best_epoch}")
 
 

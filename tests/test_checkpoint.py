@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 from synthetic_nodules import make_dataset
 
-from nodule_net.checkpoint import load_checkpoint, model_path, read_model_file, save_checkpoint
+from nodule_net.checkpoint import (extract_record, load_checkpoint, model_path, read_model_file, save_checkpoint,
+                                   save_model as save_model_file)
 from nodule_net.model import ModelConfig
 from nodule_net.train import FitResult, TrainConfig, fit, save_model
 
@@ -125,3 +127,39 @@ def test_a_fit_without_a_selected_epoch_is_never_saved(tmp_path) -> None:
     with pytest.raises(ValueError, match="no selected epoch"):
         save_model(path, nan, ModelConfig(**TINY), 0)
     assert not path.exists()
+
+
+def _fill_the_disk_at(path) -> None:
+    """Make the next atomic write of ``path`` hit a real full disk: its temporary sibling is /dev/full,
+    whose writes fail with ENOSPC (a tiny full filesystem would need a mount, which a test cannot do)."""
+    path.with_name(path.name + ".partial").symlink_to("/dev/full")
+
+
+def test_a_disk_that_fills_while_saving_is_one_enospc_error_naming_the_path(tmp_path) -> None:
+    path = tmp_path / "fold0.pt"
+    save_checkpoint(valid_state(epoch=1), path)
+    _fill_the_disk_at(path)
+    with pytest.raises(OSError) as err:
+        save_checkpoint(valid_state(epoch=2), path)  # torch alone: RuntimeError "... iostream error"
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)
+    assert err.value.strerror == f"No space left on device (the disk holding {tmp_path} is full)"
+    assert load_checkpoint(path, "run-a", epochs=5, device=CPU)["epoch"] == 1  # the previous one is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0.pt"]  # the temporary file is gone
+
+
+def test_a_model_file_records_the_crop_of_its_training_data(tmp_path) -> None:
+    path = model_path(tmp_path, 0)
+    attrs = {"source": "phantom", "params": '{"clevel": 0.5, "extent_fraction": 0.8, "image_side": 32}'}  # as read
+    crop = extract_record(attrs)
+    assert crop == {"clevel": 0.5, "extent_fraction": 0.8, "image_side": 32}
+    assert extract_record({"params": dict(crop)}) == crop and extract_record({}) is None  # in memory; not recorded
+    save_model_file(path, {"w": torch.ones(2)}, {}, 0.0, 1.0, 0, 1, 0.5, extract=crop)
+    assert read_model_file(path, CPU)["extract"] == crop
+    old = torch.load(path, weights_only=True)
+    del old["extract"]
+    torch.save(old, path)  # a model file written before the record existed still reads
+    assert "extract" not in read_model_file(path, CPU)
+    old["extract"] = {"image_side": "abc"}
+    torch.save(old, path)
+    with pytest.raises(ValueError, match=r"unreadable model file \(its extract record .* is not"):
+        read_model_file(path, CPU)

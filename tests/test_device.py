@@ -139,3 +139,27 @@ def test_processes_take_different_gpus_and_a_killed_holder_frees_its_gpu(tmp_pat
             child.kill()
             child.wait()
         release_gpu(ours)
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "gpu0", "meta"])
+def test_a_device_that_is_no_device_is_one_line_naming_the_setting(name):
+    with pytest.raises(ValueError) as err:
+        resolve_device(name, what="--device")
+    assert str(err.value).startswith(f"--device {name} is not a device") and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=rf"^train.device='{name}' is not a device"):
+        resolve_device(name)  # the default names the param
+
+
+def test_a_gpu_index_this_machine_lacks_is_one_line(fake_gpus):
+    with pytest.raises(ValueError) as err:
+        resolve_device("cuda:2", what="--device")
+    assert str(err.value) == ("--device cuda:2: this machine sees 2 CUDA GPUs (cuda:0 to cuda:1); "
+                              "use one of them, `auto` or `cpu`.")
+
+
+def test_cuda_without_a_gpu_names_the_setting_it_came_from(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^--device cuda but no CUDA GPU is visible; use `auto` or `cpu`\.$"):
+        resolve_device("cuda", what="--device")
+    with pytest.raises(ValueError, match=r"^train.device='cuda:0' but no CUDA GPU is visible"):
+        resolve_device("cuda:0")

@@ -9,7 +9,8 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from nodule_net.dicom import DicomError, find_series_dir, index_series, read_hu, series_may_exist, slice_files
+from nodule_net.dicom import (HU_LIMITS, DicomError, check_slice, find_series_dir, index_series, read_hu,
+                              series_may_exist, slice_files)
 
 _NO_TOOL = ("{tool} is not installed (Debian package {package}); `make install` installs it when run as root "
             "with apt-get")
@@ -113,6 +114,70 @@ def test_newer_tcia_layout_is_found_past_an_unreadable_first_file(series, tmp_pa
     shutil.copytree(folder, nested)
     (nested / "000.dcm").write_text("not DICOM")  # sorts first
     assert find_series_dir(root, scan.patient_id, scan.study_uid, scan.series_uid) == nested
+
+
+# ------------------------------------------------ decoded slices: their matrix, slope and HU values
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 3e38, HU_LIMITS[0] - 1, HU_LIMITS[1] + 1])
+def test_check_slice_refuses_values_no_ct_holds(value):
+    hu = np.full((4, 4), -1000.0, np.float32)
+    hu[1, 2] = value
+    with pytest.raises(DicomError, match=r"^x\.dcm: .*; re-download it or remove it\.$"):
+        check_slice(hu, "x.dcm")
+
+
+@pytest.mark.parametrize("value", [-3024.0, -2048.0, 3071.0, 31743.0, *HU_LIMITS])
+def test_check_slice_accepts_what_real_ct_holds(value):
+    """Padding outside the reconstruction circle (-3024, -2048 HU), a 12-bit scale's top, extended-scale metal."""
+    hu = np.full((4, 4), -1000.0, np.float32)
+    hu[0, 0] = value
+    check_slice(hu, "x.dcm", shape=(4, 4))
+
+
+def test_check_slice_refuses_a_matrix_the_annotations_do_not_assume():
+    with pytest.raises(DicomError, match=r"^x\.dcm: a 256 × 256 slice, but the annotations and the crop assume "
+                                         r"512 × 512; "):
+        check_slice(np.zeros((256, 256), np.float32), "x.dcm", shape=(512, 512))
+    with pytest.raises(DicomError, match=r"^x\.dcm: 3 frames of 8 × 8, not one slice; "):
+        check_slice(np.zeros((3, 8, 8), np.float32), "x.dcm")
+    check_slice(np.zeros((256, 256), np.float32), "x.dcm")  # no matrix asked for: any one
+
+
+def _first_slice(folder):
+    return sorted(folder.glob("*.dcm"))[0]
+
+
+def test_read_hu_refuses_a_zero_rescale_slope(series):
+    _, folder = series
+    path = _first_slice(folder)
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope = 0  # every pixel would be the intercept, -1024 HU
+    ds.save_as(path)
+    with pytest.raises(DicomError, match=rf"^{re.escape(str(path))}: RescaleSlope 0 makes every pixel -1024 HU; "):
+        read_hu(path)
+
+
+def test_read_hu_refuses_a_slice_of_implausible_hu(series):
+    _, folder = series
+    path = _first_slice(folder)
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope = "1e+35"  # stored values up to a few thousand: about 3e38 HU
+    ds.save_as(path)
+    with pytest.raises(DicomError, match=rf"^{re.escape(str(path))}: holds \d\.\d+e\+3\d HU, outside the "):
+        read_hu(path)
+
+
+def test_read_hu_checks_the_matrix_it_is_given(series):
+    _, folder = series
+    path = _first_slice(folder)
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 256
+    ds.PixelData = np.full((256, 256), 1024, np.int16).tobytes()
+    ds.save_as(path)
+    assert read_hu(path).shape == (256, 256)  # as predict reads its own series
+    with pytest.raises(DicomError, match=r"a 256 × 256 slice, but the annotations and the crop assume 512 × 512"):
+        read_hu(path, shape=(512, 512))
 
 
 # ------------------------------------------------ the phantom's files, as other toolkits see them

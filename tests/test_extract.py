@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -286,3 +287,100 @@ def test_pad_reader_ratings_fills_absent_readers():
     assert (small[0, 0] == 3).all() and np.isnan(small[0, 1:]).all()
     assert (small[1, :2] == 4).all() and np.isnan(small[1, 2:]).all()
     assert pad_reader_ratings([np.ones((6, 9))]).shape == (1, 6, 9)  # a cluster of 6 annotations
+
+
+# ------------------------------------------------ odd slices: each decoded slice is checked
+
+
+def _another_matrix(ds):
+    ds.Rows = ds.Columns = 256
+    ds.PixelData = np.full((256, 256), 1024 + 40, np.int16).tobytes()
+
+
+def _zero_slope(ds):
+    ds.RescaleSlope = 0
+
+
+def _garbage_slope(ds):
+    ds.RescaleSlope = "1e+35"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_another_matrix, "a 256 × 256 slice, but the annotations and the crop assume 512 × 512"),
+    (_zero_slope, "RescaleSlope 0 makes every pixel -1024 HU"),
+    (_garbage_slope, "HU, outside the"),
+])
+def test_an_odd_slice_skips_its_nodule_naming_the_file_and_the_value(tiny_phantom, tiny_scans, tmp_path, damage,
+                                                                    reason):
+    root = _copy(tiny_phantom, tmp_path)
+    scan = tiny_scans[0]  # one nodule
+    k = int(scan_nodules(scan.scan_id)[0].positive_slices[2])
+    bad = _series_file(root, scan, k)
+    ds = pydicom.dcmread(bad)
+    damage(ds)
+    ds.save_as(bad)
+    data, stats = extract(root, tiny_scans, ExtractConfig(), source="lidc", progress=False)
+    assert len(data) == 4 and scan.scan_id not in data.scan_id.tolist()
+    (detail,) = stats["skipped"]["details"]
+    assert detail["nodule"] == f"{scan.patient_id}/s{scan.scan_id}/n0"
+    assert detail["reason"].startswith(f"{bad}: ") and reason in detail["reason"]
+    assert detail["reason"].endswith("re-download it or remove it.")
+    assert (stats["skipped"]["nodules"], stats["skipped"]["files"], stats["skipped"]["scans"]) == (1, 0, 0)
+
+
+# ------------------------------------------------ a reader's flawed rating (NaN in reader_ratings, from lidc.py)
+
+
+def _flawed_scan_nodules(monkeypatch, attribute, readers):
+    """``scan_nodules`` whose LIDC-IDRI-0001 nodule has ``attribute`` flawed (NaN) for those readers."""
+    import nodule_net.extract as extract_module
+    from nodule_net.attributes import attribute_index
+
+    real = extract_module.scan_nodules
+    a = attribute_index(attribute)
+
+    def flawed(scan_id, **kw):
+        nodules = real(scan_id, **kw)
+        if nodules[0].patient_id == "LIDC-IDRI-0001":
+            nodule = nodules[0]
+            nodule.reader_ratings = nodule.reader_ratings.copy()
+            nodule.reader_ratings[readers, a] = np.nan
+            nodule.rating_flaws = [{"nodule": nodule.nodule_id, "annotation": 3761 + r, "attribute": attribute,
+                                    "value": 7.0} for r in readers]
+        return nodules
+
+    monkeypatch.setattr(extract_module, "scan_nodules", flawed)
+
+
+def test_a_flawed_rating_is_logged_listed_and_left_out_of_the_mean(tiny_phantom, tiny_scans, tiny_extracted,
+                                                                   monkeypatch, caplog):
+    scan = tiny_scans[0]
+    (nodule,) = scan_nodules(scan.scan_id)
+    _flawed_scan_nodules(monkeypatch, "subtlety", [0])
+    data, stats = extract(tiny_phantom, tiny_scans, ExtractConfig(), source="phantom", progress=False)
+    flaw = {"nodule": nodule.nodule_id, "annotation": 3761, "attribute": "subtlety", "value": 7.0}
+    assert stats["rating_flaws"] == {"count": 1, "details": [flaw]}
+    assert stats["skipped"]["details"] == []
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{nodule.nodule_id}: annotation 3761 rates subtlety 7, outside 1–5; treated as missing, the mean is over "
+        "the other readers"]
+    n = list(data.nodule_id).index(nodule.nodule_id)
+    assert data.ratings[n, 0] == pytest.approx(nodule.reader_ratings[1:, 0].mean())
+    assert data.n_readers[n] == 4 and np.isnan(data.reader_ratings[n, 0, 0])
+    np.testing.assert_array_equal(data.ratings[n, 1:], tiny_extracted[0].ratings[n, 1:])  # other attributes as before
+    np.testing.assert_array_equal(data.images, tiny_extracted[0].images)
+
+
+def test_a_nodule_without_any_valid_rating_of_an_attribute_is_skipped(tiny_phantom, tiny_scans, monkeypatch):
+    scan = tiny_scans[0]
+    (nodule,) = scan_nodules(scan.scan_id)
+    _flawed_scan_nodules(monkeypatch, "internal_structure", [0, 1, 2, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Mean of empty slice" from a nodule that has none
+        data, stats = extract(tiny_phantom, tiny_scans, ExtractConfig(), source="phantom", progress=False)
+    assert len(data) == 4 and nodule.nodule_id not in data.nodule_id.tolist()
+    assert stats["rating_flaws"]["count"] == 4
+    assert stats["skipped"]["details"] == [{"nodule": nodule.nodule_id, "reason": (
+        f"{nodule.nodule_id}: no valid internal_structure rating among its 4 readers (annotations 3761, 3762, "
+        "3763, 3764 rate it outside 1–4 or not at all); left out of the dataset, as its mean would be undefined.")}]
+    assert stats["skipped"]["nodules"] == 1

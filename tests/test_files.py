@@ -8,6 +8,7 @@ from synthetic_nodules import make_dataset
 
 from nodule_net import files
 from nodule_net.files import atomic_path, check_writable, write_text_atomic
+from nodule_net.phantom import read_manifest
 from nodule_net.store import write_dataset
 
 Usage = namedtuple("Usage", "total used free")  # what shutil.disk_usage returns
@@ -87,3 +88,39 @@ def test_a_stage_stops_before_the_work_when_the_disk_is_full(tmp_path, monkeypat
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: Cannot write {tmp_path / 'splits.json'}: it needs about") and "\n" not in err
     assert not (tmp_path / "splits.json").exists()
+
+
+Memory = namedtuple("Memory", "total available")  # the fields of psutil.virtual_memory() read here
+
+
+def test_check_memory_names_what_and_how_much(monkeypatch):
+    monkeypatch.setattr(files.psutil, "virtual_memory", lambda: Memory(8 * 10**9, 2 * 10**9))
+    files.check_memory("data/nodules.h5", 10**9, "lower extract.image_side")
+    with pytest.raises(ValueError) as err:
+        files.check_memory("data/nodules.h5", 3 * 10**9, "lower extract.image_side")
+    assert str(err.value) == ("Cannot build data/nodules.h5: it needs about 3,000 MB of memory but only 2,000 MB "
+                              "are available; lower extract.image_side, then re-run.")
+
+
+def test_extract_stops_before_the_work_when_the_dataset_would_not_fit_in_memory(tmp_path, monkeypatch, capsys,
+                                                                                tiny_phantom):
+    """image_side 512 (the ceiling) on a machine with 50 MB free: one line naming the param, nothing written."""
+    import pipeline.extract
+
+    params = tmp_path / "params.yaml"
+    params.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+                      .replace("  image_side: 64 ", "  image_side: 512 ").replace("  workers: 2 ", "  workers: 1 "))
+    monkeypatch.setattr(files.psutil, "virtual_memory", lambda: Memory(10**9, 50 * 10**6))
+    out, stats = tmp_path / "nodules.h5", tmp_path / "dataset.json"
+    monkeypatch.setattr(sys, "argv", ["extract", "--phantom-root", str(tiny_phantom), "--out", str(out),
+                                      "--stats", str(stats), "--params", str(params)])
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.extract.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    slices = sum(s["slices"] for s in read_manifest(tiny_phantom)["scans"])
+    need = 3 * slices * 512**2 * 4
+    assert err == (f"error: Cannot build {out}: it needs about {need / 1e6:,.0f} MB of memory but only 50 MB are "
+                   "available; lower extract.image_side (memory grows as its square) or free some memory, "
+                   "then re-run.\n")
+    assert not out.exists() and not stats.exists()

@@ -1,6 +1,13 @@
-"""Folds trained at once in processes on a CPU: the plan, equality with one after another, finished folds, errors."""
+"""Folds trained at once in processes on a CPU: the plan, equality with one after another, finished folds, errors,
+a killed fold process."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +116,79 @@ def test_a_resumed_fold_reports_its_earlier_epochs_too(tmp_path) -> None:
     assert sorted((f, e) for f, e, _ in seen) == [(0, 1), (0, 2), (1, 1), (1, 2)]
     for f, e, mae in seen:  # the replayed epoch 1 and the new epoch 2 are the fold's history
         assert mae == longer[f].history[e - 1].val_mae
+
+
+# Two folds of three_folds() in two processes. Spawned workers run this file as
+# ``__mp_main__`` first: there fold 1's process SIGKILLs itself right after reporting its
+# first epoch, that is after writing that epoch's checkpoint.
+KILLED_FOLD = textwrap.dedent("""
+    import json
+    import os
+    import signal
+    import sys
+    import time
+    from pathlib import Path
+
+    from nodule_net import fold_processes
+    from nodule_net.fold_processes import FoldProcesses, fit_in_processes
+    from nodule_net.model import ModelConfig
+    from nodule_net.train import TrainConfig
+    from nodule_net.workers import WorkerDied
+
+    out = Path(sys.argv[1])
+
+    if __name__ == "__mp_main__":
+        real_fit = fold_processes.fit
+
+        def fit(data, parts, model_config, train_config, fold, path, report, **kwargs):
+            def report_then_die(record):
+                report(record)
+                if fold == 1 and record.epoch == 1:
+                    (out / "killed").write_text(json.dumps([os.getpid(), time.monotonic()]))
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            return real_fit(data, parts, model_config, train_config, fold, path, report_then_die, **kwargs)
+
+        fold_processes.fit = fit
+
+    if __name__ == "__main__":
+        sys.path.insert(0, sys.argv[2])
+        from test_fold_processes import KILLED_FOLDS, KILLED_MODEL, KILLED_TRAINING
+        from test_side_by_side import three_folds
+
+        data, folds = three_folds()
+        seen = []
+        try:
+            fit_in_processes(data, {k: folds[k] for k in KILLED_FOLDS}, ModelConfig(**KILLED_MODEL),
+                             TrainConfig(**KILLED_TRAINING), {k: out / f"fold{k}.pt" for k in KILLED_FOLDS},
+                             FoldProcesses(len(KILLED_FOLDS), 1), lambda fold, record: seen.append((fold, record.epoch)))
+        except WorkerDied as err:
+            (out / "died.json").write_text(json.dumps({"message": str(err), "at": time.monotonic(), "seen": seen}))
+""")
+KILLED_FOLDS, KILLED_MODEL, KILLED_TRAINING = (0, 1), dict(variant="full", **TINY), dict(epochs=2, seed=3)
+
+
+def test_a_killed_fold_process_is_one_line_and_the_rerun_resumes_bit_identically(tmp_path) -> None:
+    program = tmp_path / "folds.py"
+    program.write_text(KILLED_FOLD)
+    done = subprocess.run([sys.executable, str(program), str(tmp_path), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300)  # the old multiprocessing.Pool waited forever
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no tracebacks, no resource tracker warning about the killed worker's semaphores
+    pid, killed_at = json.loads((tmp_path / "killed").read_text())
+    died = json.loads((tmp_path / "died.json").read_text())
+    assert died["message"] == (f"train: worker process {pid} was killed by SIGKILL while training fold 1; every fold "
+                               "keeps its last finished epoch's checkpoint, and `dvc repro` resumes from there.")
+    assert died["at"] - killed_at < 30
+    assert [1, 1] in died["seen"]  # the epoch reported just before the kill still reached on_epoch
+
+    # The rerun (here in this process: `fit` as each fold process runs it) resumes fold 1 from epoch 1.
+    data, folds = three_folds()
+    model_config, config = ModelConfig(**KILLED_MODEL), TrainConfig(**KILLED_TRAINING)
+    assert finished_epochs(tmp_path / "fold1.pt", fingerprint(data, folds[1], model_config, config, 1)) == 1
+    for k in KILLED_FOLDS:
+        resumed = fit(data, folds[k], model_config, config, k, tmp_path / f"fold{k}.pt", progress=False)
+        alone = fit(data, folds[k], model_config, config, k, tmp_path / f"alone{k}.pt", progress=False)
+        assert resumed.history == alone.history and resumed.best_epoch == alone.best_epoch
+        for name, value in alone.model_state.items():
+            torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0, msg=name)

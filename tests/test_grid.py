@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ import yaml
 from nodule_net import grid
 from nodule_net.attributes import ATTRIBUTES
 from nodule_net.experiments import exp_show, parse_exp_show
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_grid_holds_every_paper_experiment_once() -> None:
@@ -62,10 +66,8 @@ def _git(repo: Path, *args: str) -> None:
 
 @pytest.fixture()
 def git_repo(tmp_path: Path) -> Path:
-    """A committed git repository with the grid's params and a one-line DVC stage."""
-    params = {"lambda": 0.1, "model": {"variant": "full", "attribute": None, "malignancy": "regress"},
-              "train": {"epochs": 12}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    """A committed git repository with the project's params.yaml and a one-line DVC stage."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"show": {
         "cmd": "python -c \"print('ok')\"", "params": ["lambda", "model", "train"]}}}))
     _git(tmp_path, "init", "-q")
@@ -114,3 +116,109 @@ def test_params_without_a_grid_key_are_refused(git_repo: Path) -> None:
     _git(git_repo, "commit", "-qam", "no malignancy key")
     with pytest.raises(ValueError, match="params.yaml has no model.malignancy"):
         grid.queue_grid(git_repo)
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("train.epochs=0", r"params.yaml with -S train.epochs=0: train.epochs = 0 is not allowed; it must be"),
+    # The schema's own words, as every stage of `dvc exp run -S +trian.epochs=1` would say them.
+    ("trian.epochs=1", r"params.yaml with -S trian.epochs=1: unknown key 'trian'; did you mean 'train'\?"),
+    ("+train.epoch=1", r"unknown key 'train.epoch'; did you mean 'train.epochs'\?"),
+    ("~train.augment", r"missing key train.augment"),
+    # DVC writes the string 'yes'; the stages read params.yaml with YAML 1.2's booleans, and so does the check.
+    ("split.group_by_patient=yes", r"split.group_by_patient = 'yes' is not allowed; it must be true or false"),
+    ("train.epochs=1,2", r"-S train.epochs=1,2 is a sweep"),
+    ("train.epochs=[1", r"-S train.epochs=\[1: DVC refuses it: no viable alternative at input '\[1'"),
+])
+def test_overrides_are_checked_against_the_params_schema_before_queuing(git_repo: Path, override: str,
+                                                                         match: str) -> None:
+    """As DVC would write them into params.yaml, then the schema of every stage; a dry run checks them too."""
+    printed: list[str] = []
+    with pytest.raises(ValueError, match=match):
+        grid.queue_grid(git_repo, [override], dry_run=True, echo=printed.append)
+    assert printed == []  # refused before the first command
+
+
+def test_overrides_are_read_as_dvc_reads_them(git_repo: Path) -> None:
+    """Hydra's grammar, not YAML's: 1e-3 is a number (PyYAML would read the string '1e-3' and refuse it)."""
+    printed: list[str] = []
+    grid.queue_grid(git_repo, ["train.lr=1e-3", "train.betas=[0.5,0.9]"], dry_run=True, echo=printed.append)
+    assert printed[0].startswith("dvc exp run --queue --name t1-none -S train.lr=1e-3 -S train.betas=[0.5,0.9] ")
+    train = grid.overridden_params(git_repo / "params.yaml", ["train.lr=1e-3", "train.betas=[0.5,0.9]"])["train"]
+    assert (train["lr"], train["betas"]) == (0.001, [0.5, 0.9])
+
+
+def test_dvcs_whole_message_when_it_refuses_an_override(git_repo: Path) -> None:
+    """A key the schema knows (a default fills it) but params.yaml lacks: Hydra says how to add it."""
+    params = yaml.safe_load((git_repo / "params.yaml").read_text())
+    del params["train"]["precision"]
+    (git_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError) as refused:
+        grid.queue_grid(git_repo, ["train.precision=bf16"], dry_run=True, echo=lambda line: None)
+    message = str(refused.value)
+    assert "\n" not in message and "DVC refuses it" in message
+    # Not only the last line of DVC's message (`object_type=dict`): the part that says what to do.
+    assert "Could not override 'train.precision'" in message and "use +train.precision=bf16" in message
+
+
+def test_grid_subset_by_name(git_repo: Path) -> None:
+    printed: list[str] = []
+    grid.queue_grid(git_repo, names=["t5-classify", "t1-sam"], dry_run=True, echo=printed.append)
+    commands = [line for line in printed if line.startswith("dvc exp run")]
+    assert [c.split()[5] for c in commands] == ["t1-sam", "t5-classify"]  # in the grid's order
+    with pytest.raises(ValueError, match=r"No experiment t1-nope in the grid; its names: t1-none, t1-sam, "):
+        grid.queue_grid(git_repo, names=["t1-nope"], dry_run=True)
+
+
+def test_grid_command_queues_a_subset(git_repo: Path, capsys, monkeypatch) -> None:
+    from nodule_net.cli import main
+
+    monkeypatch.chdir(git_repo)
+    main(["grid", "--dry-run", "--exp", "t2-3d", "-S", "train.epochs=2"])
+    out = capsys.readouterr().out
+    assert [line.split()[5] for line in out.splitlines() if line.startswith("dvc exp run")] == ["t2-3d"]
+    assert "would queue 1 experiments with -S train.epochs=2." in out
+
+
+def _queued_names(repo: Path) -> list[str]:
+    return sorted(r.name for r in parse_exp_show(exp_show(repo)) if r.state == "queued")
+
+
+def test_a_second_grid_queues_nothing_and_names_every_clash(dvc_repo: Path) -> None:
+    """A finished t1-none and a queued t1-sam at HEAD: a grid with both queues none of its three."""
+    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", "t1-none"],
+                          cwd=dvc_repo,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    grid.queue_grid(dvc_repo, experiments=grid.paper_grid()[1:2], echo=lambda line: None)  # t1-sam
+    three = grid.paper_grid()[:3]  # t1-none, t1-sam, t1-caam: the clash is not the first name
+    with pytest.raises(ValueError) as refused:
+        grid.queue_grid(dvc_repo, experiments=three, echo=lambda line: None)
+    message = str(refused.value)
+    assert "2 of 3 names are taken at this commit (finished: t1-none; queued: t1-sam); nothing was queued" in message
+    assert "`dvc exp remove t1-none t1-sam`" in message and "`nodule-net grid --exp t1-caam`" in message
+    assert _queued_names(dvc_repo) == ["t1-sam"]  # once, and t1-caam not queued
+
+
+def test_a_dvc_refusal_mid_queue_is_shown_whole_and_undone(dvc_repo: Path) -> None:
+    """DVC refuses the second experiment (a name git cannot store): the first is taken out of the queue again."""
+    first = grid.paper_grid()[0]
+    bad = grid.Experiment("s1-lambda-0..5", "Table S1", first.settings)
+    with pytest.raises(ValueError) as refused:
+        grid.queue_grid(dvc_repo, experiments=[first, bad], echo=lambda line: None)
+    message = str(refused.value)
+    assert message.startswith("dvc exp run --queue --name s1-lambda-0..5 failed: ")
+    assert "Invalid exp name s1-lambda-0..5, the exp name must follow rules in https://" in message
+    assert "t1-none was taken out of the queue again; nothing is queued" in message
+    assert _queued_names(dvc_repo) == []
+
+
+def test_dry_run_into_a_closed_pipe_exits_quietly(git_repo: Path) -> None:
+    """`nodule-net grid --dry-run | head`: the reader has gone before the first line (deterministic EPIPE)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "nodule_net.cli", "grid", "--dry-run"], cwd=git_repo,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")

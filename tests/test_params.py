@@ -56,8 +56,10 @@ def test_every_key_of_params_yaml_and_readme_is_in_the_schema() -> None:
 @pytest.mark.parametrize(("change", "message"), [
     ({"extract.clevel": 1.5}, "params.yaml: extract.clevel = 1.5 is not allowed; it must be a number in (0, 1]."),
     ({"extract.clevel": 0}, "params.yaml: extract.clevel = 0 is not allowed; it must be a number in (0, 1]."),
-    ({"extract.image_side": 4}, "params.yaml: extract.image_side = 4 is not allowed; it must be an integer ≥ 8."),
-    ({"extract.image_side": 64.0}, "params.yaml: extract.image_side = 64.0 is not allowed; it must be an integer ≥ 8."),
+    ({"extract.image_side": 4}, "params.yaml: extract.image_side = 4 is not allowed; it must be an integer in [8, 512]."),
+    ({"extract.image_side": 64.0}, "params.yaml: extract.image_side = 64.0 is not allowed; it must be an integer in [8, 512]."),
+    # Beyond LIDC's own 512² matrix: the memory of a MemoryError, and nothing gained (issue 13 §4).
+    ({"extract.image_side": 4096}, "params.yaml: extract.image_side = 4096 is not allowed; it must be an integer in [8, 512]."),
     ({"train.epochs": 1.5}, "params.yaml: train.epochs = 1.5 is not allowed; it must be an integer ≥ 1."),
     ({"train.epochs": True}, "params.yaml: train.epochs = True is not allowed; it must be an integer ≥ 1."),
     ({"lambda": "abc"}, "params.yaml: lambda = 'abc' is not allowed; it must be a number ≥ 0."),
@@ -211,3 +213,105 @@ def test_ctrl_c_during_training_exits_130_with_one_line(tmp_path, processes: int
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "interrupted; `dvc repro` resumes from the last epoch"
     assert not (tmp_path / "models" / "fold0" / "model.pt").exists()  # no model file from an interrupted run
+
+
+BOOLEAN_KEYS = [key for key, param in SCHEMA.items() if "true or false" in param.rule.allowed]
+
+
+def test_every_boolean_param_is_found() -> None:
+    assert BOOLEAN_KEYS == ["phantom.all_slices", "split.group_by_patient", "train.augment", "train.folds_together"]
+
+
+@pytest.mark.parametrize("key", BOOLEAN_KEYS)
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "Yes", "ON", "y"])
+def test_yaml_1_1_booleans_are_refused_as_dvc_reads_them(tmp_path, key: str, word: str) -> None:
+    """PyYAML (YAML 1.1) reads `yes` as true; DVC (YAML 1.2) as the string 'yes' (`dvc params diff`: False → yes)."""
+    from dvc.utils.serialize import loads_yaml
+
+    text = (REPO / "params.yaml").read_text()
+    section, name = key.split(".")
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"  {name}:"))
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(line, f"  {name}: {word}"))
+    assert loads_yaml(path.read_text())[section][name] == word  # what DVC records
+    with pytest.raises(ValueError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: {key} = {word!r} is not allowed; it must be ")
+    assert "write true or false" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("word", "value"), [("true", True), ("True", True), ("TRUE", True), ("false", False),
+                                             ("False", False), ("FALSE", False)])
+def test_yaml_1_2_booleans_still_load(tmp_path, word: str, value: bool) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("  group_by_patient: false", f"  group_by_patient: {word}"))
+    assert load_params(path)["split"]["group_by_patient"] is value
+
+
+def test_params_yaml_reads_as_dvc_reads_it() -> None:
+    """Every value of the project's params.yaml is the same to us and to DVC (ruamel, YAML 1.2)."""
+    from dvc.utils.serialize import loads_yaml
+
+    from nodule_net.params import read_yaml
+
+    text = (REPO / "params.yaml").read_text()
+    assert read_yaml(text) == loads_yaml(text)
+
+
+@pytest.mark.parametrize(("override", "value"), [("split.group_by_patient=yes", "'yes'"),
+                                                 ("train.augment=off", "'off'"),
+                                                 ("phantom.all_slices=on", "'on'")])
+def test_dvc_exp_run_set_param_with_a_yaml_1_1_boolean_is_refused(tmp_path, override: str, value: str) -> None:
+    """`dvc exp run -S split.group_by_patient=yes` writes `yes` into params.yaml (DVC's own override code)."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    apply_overrides(path, [override])
+    key = override.split("=")[0]
+    with pytest.raises(ValueError, match=f"^{path}: {key} = {value} is not allowed; it must be true or false"):
+        load_params(path)
+    apply_overrides(path, [f"{key}=true"])
+    section, name = key.split(".")
+    assert load_params(path)[section][name] is True
+
+
+def make_checkout(dest: Path, marker: str) -> Path:
+    """A second nodule-net checkout (the package, and ``marker``: dvc.yaml or pyproject.toml), no venv of its own."""
+    shutil.copytree(REPO / "nodule_net", dest / "nodule_net", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / marker, dest / marker)
+    return dest
+
+
+@pytest.mark.parametrize("marker", ["dvc.yaml", "pyproject.toml"])
+def test_the_console_script_refuses_another_checkouts_package(tmp_path, marker: str) -> None:
+    """`nodule-net` of a venv shared by two clones imports the first clone's package; from the second, refuse."""
+    script = Path(sys.executable).with_name("nodule-net")
+    assert script.exists(), "the console script of this venv (pip install -e .)"
+    clone = make_checkout(tmp_path / "clone", marker)
+    (clone / "sub").mkdir()
+    env = os.environ | {"PYTHONPATH": ""}
+    for cwd in (clone, clone / "sub"):
+        done = subprocess.run([str(script), "mae-table", "missing.json"], cwd=cwd, capture_output=True, text=True,
+                              env=env, timeout=60)
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines() == [
+            f"error: {clone} is a nodule-net checkout, but this command imported nodule_net from {REPO / 'nodule_net'}; "
+            f"run `pip install -e .` in {clone} (or use that clone's own venv), then re-run."]
+    # Outside any checkout, and in the package's own checkout, the command runs (to its own error here).
+    for cwd in (tmp_path, REPO):
+        done = subprocess.run([str(script), "mae-table", str(tmp_path / "missing.json")], cwd=cwd,
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 1 and "is a nodule-net checkout" not in done.stderr, done.stderr
+
+
+def test_a_folder_with_another_projects_pyproject_is_not_a_checkout(tmp_path) -> None:
+    from nodule_net.params import foreign_checkout
+
+    other = tmp_path / "other"
+    shutil.copytree(REPO / "nodule_net", other / "nodule_net", ignore=shutil.ignore_patterns("__pycache__"))
+    (other / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    assert foreign_checkout(other) is None
+    (other / "pyproject.toml").write_text('[project]\nname = "nodule_net"\n')  # the same name, normalised
+    assert foreign_checkout(other).startswith(f"{other} is a nodule-net checkout")
+    assert foreign_checkout(REPO) is None and foreign_checkout(REPO / "tests") is None

@@ -120,12 +120,12 @@ def test_selecting_experiments(built) -> None:
         select(exps.records, ["t1-nope"])
 
 
-def test_report_command_writes_markdown_and_figures(project: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    from nodule_net.cli import main
-
-    monkeypatch.chdir(project)
-    main(["report", "--out", str(tmp_path)])
-    assert str(tmp_path / "report.md") in capsys.readouterr().out
+def test_report_command_writes_markdown_and_figures(project: Path, tmp_path: Path) -> None:
+    # The copy's own command: in a checkout, `nodule-net` refuses another checkout's package.
+    done = subprocess.run([sys.executable, "-m", "nodule_net.cli", "report", "--out", str(tmp_path)], cwd=project,
+                          env=os.environ | {"PYTHONPATH": str(project)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert str(tmp_path / "report.md") in done.stdout
     text = (tmp_path / "report.md").read_text()
     assert text.splitlines()[0].startswith("**Synthetic pixels, not real CT:**")
     for key in ("1", "2", "3", "4", "5", "S1", "S2"):
@@ -134,3 +134,74 @@ def test_report_command_writes_markdown_and_figures(project: Path, tmp_path: Pat
     assert "t1-sam (" in text and "Rests on 4 nodules in 2 folds" in text
     assert (tmp_path / "table_s1_lambda.png").stat().st_size > 1000
     assert (tmp_path / "significance.png").stat().st_size > 1000
+
+
+def test_report_out_that_is_a_file_is_refused_before_the_work(tmp_path: Path, capsys, monkeypatch) -> None:
+    from nodule_net import report
+    from nodule_net.cli import main
+
+    monkeypatch.setattr(report, "exp_show", lambda *args, **kwargs: pytest.fail("read DVC before checking --out"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "report.md"
+    out.write_text("an older report\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["report", "--out", str(out)])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (f"error: --out {out} is a file, but the report is a folder (report.md and "
+                                       f"its figures): name a folder, or move {out} away.\n")
+    assert out.read_text() == "an older report\n"
+
+
+@pytest.fixture(scope="module")
+def unfinished(tmp_path_factory) -> Path:
+    """A tiny git + DVC repository whose experiments t1-sam failed (run from DVC's queue) and t1-caam is queued."""
+    repo = tmp_path_factory.mktemp("unfinished")
+    params = {"lambda": 0.1, "model": {"variant": "full", "attribute": None, "malignancy": "regress"},
+              "train": {"epochs": 1}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    fail_at_zero = ("python -c \"import sys, yaml; "
+                    "sys.exit(yaml.safe_load(open('params.yaml'))['train']['epochs'] == 0)\"")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"vars": [{"predictions": "predictions.csv"}], "stages": {
+        "train": {"cmd": fail_at_zero, "params": ["lambda", "model", "train"]}}}))
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    dvc = [sys.executable, "-m", "dvc"]
+    _run([*git, "init", "-q"], repo, env)
+    _run([*dvc, "init", "-q"], repo, env)
+    _run([*git, "add", "."], repo, env)
+    _run([*git, "commit", "-qm", "one stage"], repo, env)
+    _run([*dvc, "exp", "run", "--queue", "--name", "t1-sam", "-S", "train.epochs=0"], repo, env)
+    _run([*dvc, "exp", "run", "--run-all"], repo, env)  # runs the queue: t1-sam fails
+    _run([*dvc, "exp", "run", "--queue", "--name", "t1-caam"], repo, env)
+    states = {r.name: r.state for r in load_experiments(repo).records.values()}
+    assert states == {"t1-sam": "failed", "t1-caam": "queued"}
+    return repo
+
+
+def test_report_of_a_failed_experiment_says_so_and_exits_1(unfinished: Path, tmp_path: Path, capsys,
+                                                            monkeypatch) -> None:
+    from nodule_net.cli import main
+
+    monkeypatch.chdir(unfinished)
+    with pytest.raises(SystemExit) as exited:
+        main(["report", "--exp", "t1-sam", "t1-caam", "--out", str(tmp_path / "report")])
+    assert exited.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: --exp t1-sam (failed), t1-caam (queued): not finished, so the report would have "
+                            "no numbers for them; ") and error.count("\n") == 1
+    assert "`dvc queue logs t1-sam`" in error
+    assert not (tmp_path / "report").exists()
+
+
+def test_report_without_a_finished_experiment_exits_1(unfinished: Path, tmp_path: Path, capsys,
+                                                       monkeypatch) -> None:
+    from nodule_net.cli import main
+
+    monkeypatch.chdir(unfinished)
+    with pytest.raises(SystemExit) as exited:
+        main(["report", "--out", str(tmp_path / "report")])
+    assert exited.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: No finished experiment of the paper's grid at HEAD (DVC lists 1 failed, "
+                            "1 queued), so there is nothing to report; ") and error.count("\n") == 1
+    assert not (tmp_path / "report").exists()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -124,3 +128,85 @@ def test_unsound_dataset_is_never_written(tmp_path) -> None:
     with pytest.raises(ValueError, match=rf"nodules.h5 not written: nodule {data.nodule_id[0]} has subtlety rating nan"):
         write_dataset(tmp_path / "nodules.h5", bad)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "value", "held", "expected"), [
+    ("nodule_id", np.arange(6), "int64", "strings"),
+    ("patient_id", np.zeros(6), "float64", "strings"),
+    ("images", np.array([b"x"] * 10, dtype=object), "strings", "floating-point numbers"),
+    ("ratings", np.full((6, 9), b"3", dtype="S1"), "strings", "floating-point numbers"),
+    ("bbox", np.zeros((6, 6)), "float64", "integers"),
+    ("n_readers", np.ones(6, dtype=bool), "bool", "integers"),
+])
+def test_a_field_of_the_wrong_dtype_is_named(written, name: str, value: np.ndarray, held: str, expected: str) -> None:
+    """Right names, wrong dtypes (another writer, an old file): one line before any data is read."""
+    path, _ = written
+    rewrite(path, name, value)
+    assert f"the dataset {name!r} holds {held}, expected {expected}" in one_line_error(path)
+
+
+def _full_disk_exit(path, data, capsys) -> str:
+    """What `extract` prints when write_dataset(path, data) meets a full disk (the stage's wrapper, in process)."""
+    from nodule_net.params import user_errors_exit
+
+    with pytest.raises(SystemExit) as exit_info:
+        user_errors_exit(lambda: write_dataset(path, data))()
+    assert exit_info.value.code == 1
+    return capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (Linux's always-full device) here")
+def test_a_full_disk_is_one_line_and_keeps_the_previous_dataset(written, capsys) -> None:
+    """A real ENOSPC from the kernel: the temporary file is /dev/full, whose every write fails with ENOSPC."""
+    path, _ = written
+    before = path.read_bytes()
+    partial = path.with_name(path.name + ".partial")
+    partial.symlink_to("/dev/full")
+    err = _full_disk_exit(path, make_dataset(n_nodules=6, size=8, max_depth=3, seed=1), capsys)
+    assert err == f"error: cannot write {path}: No space left on device; free some space or make it writable, then re-run.\n"
+    assert not partial.is_symlink() and not partial.exists()
+    assert path.read_bytes() == before
+
+
+# Writes the dataset (about 1.3 MB) into a 1 MB tmpfs mounted in the child's own user and mount
+# namespaces, behind the stage's wrapper; then lists what the folder holds.
+_FILL_A_SMALL_DISK = """
+set -e
+mount -t tmpfs -o size=1m tmpfs "$1"
+head -c 300000 /dev/zero > "$1/nodules.h5"
+set +e
+"$2" -c '
+import sys
+from synthetic_nodules import make_dataset
+from nodule_net.params import user_errors_exit
+from nodule_net.store import write_dataset
+user_errors_exit(lambda: write_dataset(sys.argv[1], make_dataset(n_nodules=40, size=64, max_depth=3, seed=0)))()
+' "$1/nodules.h5"
+status=$?
+ls -A "$1"; wc -c < "$1/nodules.h5"
+exit $status
+"""
+
+
+def _can_mount_a_tmpfs() -> bool:
+    try:
+        done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                               "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_a_tmpfs(), reason="no unprivileged user namespaces (unshare -rm) to mount a tmpfs")
+def test_a_disk_that_fills_while_writing_is_one_line_without_a_crash(tmp_path) -> None:
+    """A real small filesystem that fills half-way through the file: h5py used to print a RuntimeError per
+    dataset (masking ENOSPC) and the process then died of a segfault; a previous file stays as it was."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", _FILL_A_SMALL_DISK, "sh",
+                           str(folder), sys.executable], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.splitlines() == [f"error: cannot write {folder / 'nodules.h5'}: No space left on device; "
+                                        "free some space or make it writable, then re-run."]
+    assert done.stdout.split() == ["nodules.h5", "300000"]  # no .partial; the previous file untouched
