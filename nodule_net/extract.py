@@ -22,9 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from nodule_net.attributes import ATTRIBUTES, RATING_MAX, RATING_MIN, attribute_index
-from nodule_net.dicom import (ANNOTATION_MATRIX, DicomError, find_series_dir, index_series, read_hu,
+from nodule_net.dicom import (DicomError, find_series_dir, index_series, read_hu,
                               series_may_exist, slice_files)
-from nodule_net.lidc import ConsensusNodule, ScanInfo, pylidc_version, scan_nodules
+from nodule_net.lidc import SLICE_SIDE, ConsensusNodule, ScanInfo, pylidc_version, scan_nodules
 from nodule_net.preprocess import nodule_patch
 from nodule_net.stats import summarise
 from nodule_net.store import READER_FILL, NoduleDataset
@@ -56,14 +56,9 @@ class NoduleRecord:
     images: np.ndarray  # (M, image_side, image_side) float32 HU
 
 
-def scan_name(scan: ScanInfo) -> str:
-    """How a scan is named in logs and ``metrics/dataset.json``: ``LIDC-IDRI-dddd/s<scan id>``."""
-    return f"{scan.patient_id}/s{scan.scan_id}"
-
-
 @dataclass
 class ScanResult:
-    scan: str  # scan_name(...)
+    scan: str  # ScanInfo.name
     nodules: list[NoduleRecord] = field(default_factory=list)
     # {"scan": name, "nodules": count} | {"nodule": id} | {"file": path}, each with "reason"
     skipped: list[dict] = field(default_factory=list)
@@ -99,7 +94,7 @@ def describe_flaw(flaw: dict) -> str:
 
 def extract_scan(scan: ScanInfo, root: Path, config: ExtractConfig) -> ScanResult:
     """All nodules of one scan; DICOM problems become skips (of a file, nodule or scan) in the result."""
-    result = ScanResult(scan_name(scan))
+    result = ScanResult(scan.name)
     nodules = scan_nodules(scan.scan_id, clevel=config.clevel)
     result.rating_flaws = [flaw for nodule in nodules for flaw in nodule.rating_flaws]
     try:
@@ -121,7 +116,7 @@ def extract_scan(scan: ScanInfo, root: Path, config: ExtractConfig) -> ScanResul
             files = slice_files(index, scan.slice_zvals, ks, nodule.nodule_id, scan.file_names)
             for k in ks:
                 if k not in decoded:
-                    decoded[k] = read_hu(files[k], shape=ANNOTATION_MATRIX)
+                    decoded[k] = read_hu(files[k], shape=(SLICE_SIDE, SLICE_SIDE))
         except DicomError as err:
             result.skipped.append({"nodule": nodule.nodule_id, "reason": str(err)})
             continue
@@ -186,7 +181,7 @@ def locate(root: Path, scans: list[ScanInfo]) -> tuple[list[ScanInfo], dict]:
         raise DicomError(f"DICOM root {root} cannot be read ({err.strerror or err}); give the user running extract "
                          f"read access (chmod -R u+rX {root}), then re-run.") from err
     present_ids = {s.scan_id for s in present}
-    missing_scans = [scan_name(s) for s in scans if s.scan_id not in present_ids]
+    missing_scans = [s.name for s in scans if s.scan_id not in present_ids]
     if not present:
         raise DicomError(f"None of the {len(scans)} requested scans ({len(patients)} patients) has a folder under "
                          f"{root}; point data.lidc_root at the folder that holds the LIDC-IDRI-dddd folders.")
@@ -221,7 +216,7 @@ def extract(root: str | Path, scans: list[ScanInfo], config: ExtractConfig, sour
     if workers > 1:
         with process_pool(workers, stage="extract",
                           resume="no dataset was written; `dvc repro` reruns the stage") as pool:
-            results = list(tqdm(pool.imap(_extract_job, jobs, describe=lambda job: f"extracting {scan_name(job[0])}"),
+            results = list(tqdm(pool.imap(_extract_job, jobs, describe=lambda job: f"extracting {job[0].name}"),
                                 **bar))
     else:
         results = [_extract_job(job) for job in tqdm(jobs, **bar)]

@@ -29,6 +29,10 @@ import numpy as np
 from nodule_net.attributes import ATTRIBUTES, PYLIDC_FIELDS, outside_range
 from nodule_net.preprocess import positive_slices
 
+# LIDC's CT slices are all 512 × 512: pylidc's contours, masks and boxes are in their pixels,
+# so the phantom writes that matrix and extract's crop assumes it.
+SLICE_SIDE = 512
+
 # pylidc modules that use the removed numpy aliases.
 _PYLIDC_NUMPY_USERS = ("pylidc.Annotation", "pylidc.Contour", "pylidc.utils")
 _REMOVED_NUMPY_ALIASES = {"int": int, "float": float, "bool": bool}
@@ -94,6 +98,11 @@ class ScanInfo:
     @property
     def slice_spacing(self) -> float:
         return float(np.median(np.diff(self.slice_zvals))) if len(self.slice_zvals) > 1 else self.slice_thickness
+
+    @property
+    def name(self) -> str:
+        """How a scan is named in logs and ``metrics/dataset.json``: ``LIDC-IDRI-dddd/s<scan id>``."""
+        return f"{self.patient_id}/s{self.scan_id}"
 
 
 @dataclass

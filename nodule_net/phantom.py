@@ -39,10 +39,10 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 from tqdm import tqdm
 
 from nodule_net.attributes import attribute_index
-from nodule_net.lidc import ConsensusNodule, ScanInfo, scan_nodules, scans_for_patients
+from nodule_net.lidc import SLICE_SIDE, ConsensusNodule, ScanInfo, scan_nodules, scans_for_patients
 from nodule_net.workers import process_pool
 
-IMAGE_SIZE = 512  # LIDC slices are 512 × 512; annotation coordinates assume it
+IMAGE_SIZE = SLICE_SIDE  # the matrix the annotations' coordinates assume
 STORED_OFFSET = 1024  # stored value = HU + 1024; RescaleIntercept = -1024 (as in LIDC)
 AIR_HU, TISSUE_HU, LUNG_HU, CALCIUM_HU = -1000.0, 40.0, -850.0, 800.0
 GROUND_GLASS_HU, SOLID_HU = -650.0, 40.0
@@ -341,9 +341,8 @@ def build_phantom(root: str | Path, patients: list[str], seed: int = 0, margin: 
         if workers > 1:
             with process_pool(workers, stage="phantom",
                               resume="no phantom tree was written; `dvc repro` reruns the stage") as pool:
-                # The scan named as extract.scan_name does (phantom cannot import extract, its consumer).
                 rendered = pool.imap(write_scan, jobs,
-                                     describe=lambda job: f"rendering {job.scan.patient_id}/s{job.scan.scan_id}")
+                                     describe=lambda job: f"rendering {job.scan.name}")
                 entries = list(tqdm(rendered, total=len(jobs), desc="phantom", unit="scan",
                                     disable=None if progress else True))
         else:

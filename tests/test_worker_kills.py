@@ -20,7 +20,7 @@ import yaml
 from conftest import TINY_PATIENTS
 
 from nodule_net.cli import lidc_stats
-from nodule_net.extract import ExtractConfig, extract, scan_name
+from nodule_net.extract import ExtractConfig, extract
 from nodule_net.lidc import scans_for_patients
 from nodule_net.phantom import build_phantom, series_dir
 
@@ -92,7 +92,7 @@ def run_program(tmp_path: Path, stage: str, root: Path) -> tuple[subprocess.Comp
 
 def victim_scan() -> str:
     (scan,) = scans_for_patients([VICTIM], "first")
-    return scan_name(scan)
+    return scan.name
 
 
 def assert_ended_soon_and_no_worker_left(done: subprocess.CompletedProcess, marks: Path) -> str:
