@@ -36,8 +36,8 @@ repro: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# On a machine with a CUDA GPU: the measurements and tests that a CPU cannot do (README,
-# "Speed": `python -m nodule_net.gpu_check`). At most 9 minutes; results in gpu-check/
+# On a machine with a CUDA GPU: the measurements and tests that a CPU cannot do (docs/speed.md:
+# `python -m nodule_net.gpu_check`). At most 9 minutes; results in gpu-check/
 # (git-ignored). The phantom's dataset and folds come from `dvc repro split`.
 gpu-check: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split

@@ -1,4 +1,4 @@
-"""`python -m nodule_net.gpu_check`: the GPU measurements of README's "Speed", in one run.
+"""`python -m nodule_net.gpu_check`: the GPU measurements of docs/speed.md, in one run.
 
 Made for a lent GPU machine that has PyTorch (with numpy, h5py, pandas, scipy,
 scikit-learn, matplotlib, PyYAML) but no network and no time to spare: nothing is

@@ -11,7 +11,7 @@ Queued runs start from the HEAD commit in a temporary copy of the repository tha
 holds no git-ignored file. They share the repository's DVC cache and run-cache: DVC
 checks out the outputs recorded in HEAD's ``dvc.lock`` (phantom, extract, split) from the
 cache before reproducing, and a stage whose params an override changed is restored from
-the run-cache once one experiment has run it (README, "The experiment grid").
+the run-cache once one experiment has run it (docs/experiments.md).
 
 Queuing is all or nothing: the overrides are applied as DVC applies them and checked
 against the params schema, and every name against HEAD's finished, running and queued

