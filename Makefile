@@ -1,5 +1,5 @@
-# Two commands a researcher needs (README): `make repro` and `make test`.
-# Both create .venv and install the project into it on first use.
+# Two commands a researcher needs (README): `make repro` and `make test`; `make lint` for contributors.
+# Each creates .venv and installs the project into it on first use.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # PyPI's default (CUDA on Linux x86_64). Override with `make TORCH='torch==2.x' ...`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install dicom-tools repro test gpu-check clean-venv
+.PHONY: install dicom-tools repro test test-unit lint gpu-check clean-venv
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,12 +36,22 @@ repro: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The unit tests alone (no DVC, no stage subprocess, nothing over about a second): under a minute.
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+# ruff and mypy, pinned in the `test` extra and configured in pyproject.toml (CI runs this first).
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 # On a machine with a CUDA GPU: the measurements and tests that a CPU cannot do (docs/speed.md:
-# `python -m nodule_net.gpu_check`). At most 9 minutes; results in gpu-check/
+# `python -m tools.gpu_check`). At most 9 minutes; results in gpu-check/
 # (git-ignored). The phantom's dataset and folds come from `dvc repro split`.
 gpu-check: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro split
-	$(BIN)/python -m nodule_net.gpu_check --out gpu-check
+	$(BIN)/python -m tools.gpu_check --out gpu-check
 
 clean-venv:
 	rm -rf $(VENV)

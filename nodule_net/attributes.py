@@ -28,9 +28,7 @@ ATTRIBUTES: tuple[str, ...] = (
 ABBREVIATIONS: tuple[str, ...] = ("Sub", "IS", "Cal", "Sph", "Mar", "Lob", "Spi", "Tex", "Mal")
 
 # pylidc's Annotation column for each attribute (it spells internal structure in camelCase).
-PYLIDC_FIELDS: tuple[str, ...] = tuple(
-    "internalStructure" if a == "internal_structure" else a for a in ATTRIBUTES
-)
+PYLIDC_FIELDS: tuple[str, ...] = tuple("internalStructure" if a == "internal_structure" else a for a in ATTRIBUTES)
 
 RATING_MIN: np.ndarray = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1], dtype=np.float64)
 RATING_MAX: np.ndarray = np.array([5, 4, 6, 5, 5, 5, 5, 5, 5], dtype=np.float64)
@@ -44,12 +42,10 @@ MALIGNANCY_CUTOFF: float = 3.0
 
 def attribute_index(name: str) -> int:
     """Index of an attribute by its name (``"malignancy"``) or abbreviation (``"Mal"``)."""
-    for i, (full, short) in enumerate(zip(ATTRIBUTES, ABBREVIATIONS)):
+    for i, (full, short) in enumerate(zip(ATTRIBUTES, ABBREVIATIONS, strict=True)):
         if name in (full, short):
             return i
-    raise ValueError(
-        f"Unknown attribute {name!r}; expected one of {', '.join(ATTRIBUTES)}."
-    )
+    raise ValueError(f"Unknown attribute {name!r}; expected one of {', '.join(ATTRIBUTES)}.")
 
 
 def outside_range(ratings: np.ndarray) -> np.ndarray:

@@ -14,20 +14,20 @@ import json
 import re
 from pathlib import Path
 
-from nodule_net.checkpoint import model_path
-from nodule_net.device import resolve_device
-from nodule_net.evaluate import (
+from nodule_net.cli.errors import user_errors_exit
+from nodule_net.config import load_params
+from nodule_net.data.split import read_splits
+from nodule_net.evaluation.evaluate import (
     analysis_metrics,
-    jsonable,
     mae_metrics,
     predict_folds,
     prediction_table,
     write_figures,
 )
-from nodule_net.files import atomic_path, check_writable, write_text_atomic
-from nodule_net.params import load_params, user_errors_exit
-from nodule_net.split import read_splits
-from nodule_net.store import read_dataset
+from nodule_net.io.checkpoint import model_path
+from nodule_net.io.files import atomic_path, check_writable, jsonable, write_text_atomic
+from nodule_net.io.store import read_dataset
+from nodule_net.runtime.device import resolve_device
 
 
 def _json(value) -> str:
@@ -60,8 +60,8 @@ def main() -> None:
     data = read_dataset(args.dataset)
     check_writable(args.predictions, len(data) * 1024)  # before the work; a CSV row of ~40 numbers per nodule
     check_writable(args.metrics, 10**6)  # the JSON metrics beside it
-    models = {int(k): model_path(args.models, int(k)) for k in params["folds"]}
-    results = predict_folds(data, read_splits(args.splits), models, resolve_device(str(params["train"]["device"])))
+    models = {k: model_path(args.models, k) for k in params.folds}
+    results = predict_folds(data, read_splits(args.splits), models, resolve_device(params.train.device))
     metrics = mae_metrics(data, results)
     predictions = prediction_table(data, results)
     analysis, attention = analysis_metrics(data, results)

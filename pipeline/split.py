@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from nodule_net.files import check_writable
-from nodule_net.params import load_params, user_errors_exit
-from nodule_net.split import kfold_split, write_splits
-from nodule_net.store import read_dataset
+from nodule_net.cli.errors import user_errors_exit
+from nodule_net.config import load_params
+from nodule_net.data.split import kfold_split, write_splits
+from nodule_net.io.files import check_writable
+from nodule_net.io.store import read_dataset
 
 
 @user_errors_exit
@@ -21,7 +22,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_params(args.params)  # checks that folds is [0, ..., k-1]
-    folds = params["folds"]
+    folds = params.folds
 
     data = read_dataset(args.dataset)
     check_writable(args.out, len(data) * 64)  # a JSON of nodule ids
@@ -29,9 +30,9 @@ def main() -> None:
         data.nodule_id,
         data.patient_id,
         n_folds=len(folds),
-        seed=params["seed"],
-        group_by_patient=params["split"]["group_by_patient"],
-        val_fraction=params["split"]["val_fraction"],
+        seed=params.seed,
+        group_by_patient=params.split.group_by_patient,
+        val_fraction=params.split.val_fraction,
     )
     write_splits(args.out, splits)
     sizes = ", ".join(f"{k}: {len(f['train'])}/{len(f['val'])}/{len(f['test'])}" for k, f in enumerate(splits["folds"]))

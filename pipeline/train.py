@@ -21,16 +21,16 @@ from pathlib import Path
 
 from dvclive import Live
 
-from nodule_net.checkpoint import extract_record, model_path
-from nodule_net.device import resolve_device
-from nodule_net.files import check_writable
-from nodule_net.folds import train_folds, trains_at_once
-from nodule_net.model import ModelConfig, NoduleNet
-from nodule_net.params import load_params, user_errors_exit
-from nodule_net.split import fold_indices, read_splits
-from nodule_net.store import read_dataset
-from nodule_net.train import EpochRecord, save_model, train_config_from_params
-
+from nodule_net.cli.errors import user_errors_exit
+from nodule_net.config import load_params
+from nodule_net.data.split import fold_indices, read_splits
+from nodule_net.io.checkpoint import extract_record, model_path
+from nodule_net.io.files import check_writable
+from nodule_net.io.store import read_dataset
+from nodule_net.model.net import NoduleNet
+from nodule_net.training.fit import save_model
+from nodule_net.training.plan import TrainingPlan, train_folds
+from nodule_net.training.run import EpochRecord
 
 # files.atomic_path writes a file whole beside its previous version before the rename replaces it.
 ATOMIC_COPIES = 2
@@ -44,7 +44,7 @@ def _disk(path: Path) -> int:
 def check_room(needs: dict[Path, int]) -> None:
     """:func:`check_writable` for every path, each against the bytes of all the paths on its disk."""
     disks = {path: _disk(path) for path in needs}
-    per_disk = Counter()
+    per_disk: Counter[int] = Counter()
     for path, need in needs.items():
         per_disk[disks[path]] += need
     for path, disk in disks.items():
@@ -63,33 +63,32 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_params(args.params)
-    model_config = ModelConfig(**params["model"])
-    train_config = train_config_from_params(params)
-    folds = params["folds"]
+    model_config, train_config, folds = params.model, params.train, params.folds
     if args.fold is not None and args.fold not in folds:
         raise ValueError(f"--fold {args.fold} is not among the params' folds {folds}.")
     written = folds if args.fold is None else [args.fold]
-    together, processes = params["train"]["folds_together"], params["train"]["fold_processes"]
+    data = read_dataset(args.dataset)
+    splits = read_splits(args.splits)
+    fold_parts = {k: fold_indices(splits, k, data.nodule_id) for k in folds}
+    checkpoints = {k: Path(args.checkpoints) / f"fold{k}.pt" for k in folds}
     # Side by side or in processes, the first train@k trains every fold that is not finished yet.
-    at_once = trains_at_once(together, processes, resolve_device(train_config.device), len(folds),
-                             train_config.batch_nodules)
-    trained = folds if at_once else written
-    checkpoints = {k: Path(args.checkpoints) / f"fold{k}.pt" for k in trained}
+    plan = TrainingPlan.for_checkpoints(data, fold_parts, model_config, train_config, checkpoints, written)
     # The weights' size (not on the meta device: initialising there imports torch._dynamo, seconds).
     weights = sum(p.numel() * p.element_size() for p in NoduleNet(model_config).parameters())
     # Before any epoch: a checkpoint holds the model, the best model and Adam's two moments; every fold's
     # checkpoint stays until the end, and each file needs room for its temporary copy too.
-    check_room({checkpoints[k]: ATOMIC_COPIES * 4 * weights for k in trained}
-               | {model_path(args.models, k): ATOMIC_COPIES * weights for k in written})
+    check_room(
+        {checkpoints[k]: ATOMIC_COPIES * 4 * weights for k in plan.folds}
+        | {model_path(args.models, k): ATOMIC_COPIES * weights for k in written}
+    )
     for k in written:
         check_writable(Path(args.live) / f"fold{k}" / "metrics.json")
 
-    data = read_dataset(args.dataset)
-    splits = read_splits(args.splits)
-    fold_parts = {k: fold_indices(splits, k, data.nodule_id) for k in trained}
     with ExitStack() as stack:
-        lives = {k: stack.enter_context(Live(str(Path(args.live) / f"fold{k}"), dvcyaml=None, save_dvc_exp=False))
-                 for k in written}
+        lives = {
+            k: stack.enter_context(Live(str(Path(args.live) / f"fold{k}"), dvcyaml=None, save_dvc_exp=False))
+            for k in written
+        }
 
         def log(fold: int, record: EpochRecord) -> None:
             if (live := lives.get(fold)) is not None:
@@ -98,8 +97,7 @@ def main() -> None:
                 live.log_metric("val_mae", record.val_mae)
                 live.next_step()
 
-        results = train_folds(data, fold_parts, model_config, train_config, together, checkpoints, on_epoch=log,
-                              processes=processes, wanted=written)
+        results = train_folds(data, fold_parts, model_config, train_config, plan, checkpoints, on_epoch=log)
         for k in written:
             lives[k].summary["best_epoch"] = results[k].best_epoch
             lives[k].summary["best_val_mae"] = results[k].best_val_mae

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodule_net.extract import ExtractConfig, extract
-from nodule_net.lidc import scans_for_patients
-from nodule_net.phantom import build_phantom
+from nodule_net.config import ExtractConfig
+from nodule_net.data.extract import extract
+from nodule_net.data.lidc import scans_for_patients
+from nodule_net.data.phantom import build_phantom
 
 # Small real LIDC cases: 0001 has one nodule over 8 slices, 0003 has four small ones.
 TINY_PATIENTS = ["LIDC-IDRI-0001", "LIDC-IDRI-0003"]

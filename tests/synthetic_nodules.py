@@ -12,8 +12,11 @@ import numpy as np
 import yaml
 
 from nodule_net.attributes import N_ATTRIBUTES, RATING_MAX, RATING_MIN
-from nodule_net.split import kfold_split, write_splits
-from nodule_net.store import NoduleDataset, write_dataset
+from nodule_net.data.split import kfold_split, write_splits
+from nodule_net.io.store import NoduleDataset, write_dataset
+
+# A tiny network for tests: the full architecture with a few channels.
+TINY = dict(widths=(4, 8), convs_per_stage=(1, 1), sam_hidden=8, caam_hidden=8, head_hidden=16)
 
 
 def make_dataset(
@@ -54,8 +57,9 @@ def write_stage_inputs(folder: Path, train: dict) -> None:
     ``train`` updated with ``train``)."""
     data = make_dataset(n_nodules=12, size=16, max_depth=3, seed=2)
     write_dataset(folder / "nodules.h5", data)
-    write_splits(folder / "splits.json", kfold_split(data.nodule_id, data.patient_id, n_folds=2, seed=0,
-                                                     val_fraction=0.2))
+    write_splits(
+        folder / "splits.json", kfold_split(data.nodule_id, data.patient_id, n_folds=2, seed=0, val_fraction=0.2)
+    )
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["folds"] = [0, 1]
     params["model"] |= {"variant": "sam"}

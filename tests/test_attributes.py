@@ -5,7 +5,7 @@ from nodule_net.attributes import ATTRIBUTES, RATING_MAX, RATING_MIN, attribute_
 
 
 def test_ranges_are_the_papers():
-    ranges = dict(zip(ATTRIBUTES, zip(RATING_MIN, RATING_MAX)))
+    ranges = dict(zip(ATTRIBUTES, zip(RATING_MIN, RATING_MAX, strict=True), strict=True))
     assert ranges["internal_structure"] == (1, 4)
     assert ranges["calcification"] == (1, 6)
     assert all(ranges[a] == (1, 5) for a in ATTRIBUTES if a not in ("internal_structure", "calcification"))

@@ -1,0 +1,135 @@
+"""The `nodule-net` command: tools outside the DVC pipeline. This module holds the argument tree and
+dispatches; each subcommand is a module of :mod:`nodule_net.cli` (``lidc-stats`` → ``lidc_stats.py``).
+
+    nodule-net lidc-stats [--json] [--scans first|all] [--workers N] [--patients ID ...]
+    nodule-net mae-table [metrics/mae.json]
+    nodule-net bench [--device auto|cpu|cuda|cuda:N] [--json] [--quick] [--threads N] [--precision fp32|bf16]
+    nodule-net grid [--dry-run] [--exp NAME ...] [-S key=value ...]
+    nodule-net report [--out report] [--exp NAME ...] [--all]
+    nodule-net predict SERIES_DIR (--centre-mm X Y Z | --centre-voxel I J K) --diameter-mm D [--models DIR] [--json]
+    nodule-net predict SERIES_DIR --box I0 I1 J0 J1 K0 K1 [--slices K ...] [--models DIR] [--json]
+    nodule-net predict --dataset data/nodules.h5 --nodule-id ID [--models DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nodule_net.cli.errors import user_errors_exit
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument tree of every subcommand."""
+    parser = argparse.ArgumentParser(prog="nodule-net", description="nodule-net tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "lidc-stats", help="dataset statistics of the whole LIDC annotation database, next to the paper's"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON (ours and the paper's) instead of a table")
+    p.add_argument(
+        "--scans",
+        choices=("first", "all"),
+        default="first",
+        help="scans per patient: 'first' (as extract's default) or 'all'",
+    )
+    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--patients", nargs="+", metavar="ID", help="only these patients (default: all 875)")
+    t = sub.add_parser("mae-table", help="the evaluate stage's MAE (final, auxiliary, baseline) as a table")
+    t.add_argument("path", nargs="?", default="metrics/mae.json", help="default: metrics/mae.json")
+    b = sub.add_parser("bench", help="training/inference speed, operators per step, projected protocol time")
+    b.add_argument("--device", default="auto", help="auto (a GPU if there is one) | cpu | cuda | cuda:N")
+    b.add_argument("--json", action="store_true", help="print the result as JSON instead of a report")
+    b.add_argument("--quick", action="store_true", help="fewer nodules, one timed round (under a minute on a CPU)")
+    b.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    b.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="training precision of the batched path, as train.precision (default fp32; the reference path stays fp32)",
+    )
+    g = sub.add_parser("grid", help="queue the paper's experiments (Tables 1, 2, 5, S1, S2) as named DVC experiments")
+    g.add_argument("--dry-run", action="store_true", help="print the `dvc exp run --queue` commands only")
+    g.add_argument(
+        "-S",
+        "--set-param",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override passed to every experiment, e.g. -S train.epochs=2 (repeatable)",
+    )
+    g.add_argument("--exp", nargs="+", metavar="NAME", help="queue only these experiments of the grid (default: all)")
+    r = sub.add_parser("report", help="the paper's tables from the finished DVC experiments, as report.md + figures")
+    r.add_argument("--out", default="report", help="output folder (default: report)")
+    r.add_argument("--exp", nargs="+", metavar="NAME", help="use only these experiments (default: all found)")
+    r.add_argument("--all", action="store_true", help="experiments of every commit, not only HEAD's")
+    q = sub.add_parser("predict", help="score a nodule of a CT series (or of the dataset) with the fold models")
+    q.add_argument("series", nargs="?", help="folder with the .dcm files of one CT series")
+    q.add_argument(
+        "--centre-mm",
+        nargs=3,
+        type=float,
+        metavar=("X", "Y", "Z"),
+        help="nodule centre in patient coordinates (mm, as ImagePositionPatient)",
+    )
+    q.add_argument(
+        "--centre-voxel",
+        nargs=3,
+        type=float,
+        metavar=("I", "J", "K"),
+        help="nodule centre as row, column, slice index (slices sorted by z, from 0)",
+    )
+    q.add_argument("--diameter-mm", type=float, help="nodule diameter in mm, with a centre")
+    q.add_argument(
+        "--box",
+        nargs=6,
+        type=int,
+        metavar=("I0", "I1", "J0", "J1", "K0", "K1"),
+        help="half-open voxel box (rows, columns, slices), as nodules.h5's bbox",
+    )
+    q.add_argument("--slices", nargs="+", type=int, metavar="K", help="with --box: only these slices")
+    q.add_argument("--dataset", default="data/nodules.h5", help="extracted dataset, with --nodule-id")
+    q.add_argument("--nodule-id", help="score this nodule of --dataset (e.g. LIDC-IDRI-0001/s1/n0)")
+    q.add_argument("--models", default="data/models", help="folder of fold<k>/model.pt (default: data/models)")
+    q.add_argument(
+        "--params",
+        default="params.yaml",
+        help="checked against the crop the models were trained with (which predict uses)",
+    )
+    q.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N")
+    q.add_argument("--json", action="store_true", help="print JSON for machines")
+    return parser
+
+
+@user_errors_exit(interrupted="interrupted")
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    # Each subcommand's module is imported only when it runs: torch, pydicom, pandas or pylidc load for it alone.
+    if args.command == "predict":
+        from nodule_net.cli import predict
+
+        predict.run(args)
+    elif args.command == "grid":
+        from nodule_net.cli import grid
+
+        grid.run(args)
+    elif args.command == "report":
+        from nodule_net.cli import report
+
+        report.run(args)
+    elif args.command == "bench":
+        from nodule_net.cli import bench
+
+        bench.run(args)
+    elif args.command == "lidc-stats":
+        from nodule_net.cli import lidc_stats
+
+        lidc_stats.run(args)
+    elif args.command == "mae-table":
+        from nodule_net.cli import mae_table
+
+        mae_table.run(args)
+
+
+if __name__ == "__main__":
+    main()

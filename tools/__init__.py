@@ -1,0 +1,1 @@
+"""Developer tools outside the installed library (the check for a lent GPU machine)."""
