@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # PyPI's default (CUDA on Linux x86_64). Override with `make TORCH='torch==2.x' ...`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install dicom-tools repro test test-unit lint gpu-check clean-venv
+.PHONY: install system-packages repro test test-unit lint gpu-check clean-venv
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,17 +16,43 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(BIN)/.installed dicom-tools
+install: $(BIN)/.installed system-packages
 
-# dciodvfy (dicom3tools) and dcmdump (DCMTK) validate the phantom's DICOM files in the
-# tests. Installed with apt-get where we can (root on Debian/Ubuntu); anywhere else, or if
-# apt-get fails, the install goes on and those tests skip, saying why.
-dicom-tools:
-	@if command -v dciodvfy >/dev/null && command -v dcmdump >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null) \
-	    || echo "note: apt-get could not install dicom3tools and dcmtk; the DICOM validation tests will skip."; \
-	else echo "note: dciodvfy or dcmdump missing (Debian packages dicom3tools, dcmtk); the DICOM validation tests will skip."; fi
+# Debian packages some tests use; a test whose tool is missing skips, saying why. dicom3tools and
+# dcmtk (dciodvfy, dcmdump) validate the phantom's DICOM files; slurm-wlm and munge run the private
+# one-node Slurm of the `nodule-net grid --slurm` test (tools/slurm_cluster.py starts and stops its
+# own daemons). Installed with apt-get where we can: as root on Debian/Ubuntu, saying what and why
+# first; Slurm only where no systemd runs (a container, CI), since there the packages' system services
+# would start at once and at every boot. `make install SYSTEM_PACKAGES=no` installs none of them.
+SYSTEM_PACKAGES ?= yes
+DICOM_PACKAGES  := dicom3tools dcmtk
+SLURM_PACKAGES  := slurm-wlm munge
+
+system-packages:
+	@if [ "$(SYSTEM_PACKAGES)" = no ]; then \
+	  echo "SYSTEM_PACKAGES=no: not installing $(DICOM_PACKAGES) $(SLURM_PACKAGES); the tests that need them skip."; \
+	  exit 0; \
+	fi; \
+	want=""; why=""; \
+	if ! command -v dciodvfy >/dev/null || ! command -v dcmdump >/dev/null; then \
+	  want=" $(DICOM_PACKAGES)"; why="dciodvfy and dcmdump validate the phantom's DICOM files"; \
+	fi; \
+	if ! command -v sbatch >/dev/null || ! PATH="$$PATH:/usr/sbin" command -v slurmctld >/dev/null \
+	    || ! PATH="$$PATH:/usr/sbin" command -v munged >/dev/null; then \
+	  if [ -d /run/systemd/system ]; then \
+	    echo "note: not installing $(SLURM_PACKAGES) (systemd would start and enable their services); the Slurm test skips."; \
+	  else \
+	    want="$$want $(SLURM_PACKAGES)"; why="$${why:+$$why; }the \`nodule-net grid --slurm\` test runs a private Slurm"; \
+	  fi; \
+	fi; \
+	if [ -z "$$want" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make install: apt-get install$$want, for the tests ($$why); skip with \`make install SYSTEM_PACKAGES=no\`."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$want >/dev/null) \
+	    || echo "note: apt-get could not install$$want; the tests that need them skip."; \
+	else \
+	  echo "note: missing Debian packages$$want (installed here only as root with apt-get); the tests that need them skip."; \
+	fi
 
 # The main job: the whole DVC pipeline on the embedded phantom. Stage commands call
 # `python`, so the venv goes first on PATH (as after `source .venv/bin/activate`).

@@ -1,9 +1,11 @@
 """DVC stage `evaluate`: every fold's model on its test fold → MAE and §4 analyses, predictions, figures.
 
 Params: folds (which models to load), train.device. Writes the MAE metrics (Tables 1–3),
-the analysis metrics (SAM end/non-end weights, CAAM–radiologist similarity, Table 5), the
-Fig. 6 matrices, per-nodule predictions and the Fig. 5–7 PNGs. The analysis, attention and
-figure paths default to siblings of --metrics (metrics/analysis.json, metrics/attention.json,
+the analysis metrics (SAM end/non-end weights, CAAM–radiologist similarity, Table 5), their
+summary (the few numbers DVC compares across experiments), the Fig. 6 matrices, per-nodule
+predictions, the Fig. 5–7 PNGs and, from the train stage's dvclive folder (--live), the
+training curves as a PNG. The analysis, summary, attention and figure paths default to
+siblings of --metrics (metrics/analysis.json, metrics/summary.json, metrics/attention.json,
 metrics/figures/).
 """
 
@@ -17,17 +19,21 @@ from pathlib import Path
 from nodule_net.cli.errors import user_errors_exit
 from nodule_net.config import load_params
 from nodule_net.data.split import read_splits
+from nodule_net.evaluation.curves import write_training_curves
 from nodule_net.evaluation.evaluate import (
     analysis_metrics,
     mae_metrics,
     predict_folds,
     prediction_table,
+    summary_metrics,
     write_figures,
 )
 from nodule_net.io.checkpoint import model_path
 from nodule_net.io.files import atomic_path, check_writable, jsonable, write_text_atomic
 from nodule_net.io.store import read_dataset
 from nodule_net.runtime.device import resolve_device
+
+TRAINING_CURVES = "training_curves.png"  # in the figures folder, beside Figs. 5–7
 
 
 def _json(value) -> str:
@@ -50,8 +56,10 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="where to write the MAE metrics (JSON)")
     parser.add_argument("--predictions", required=True, help="where to write per-nodule predictions (CSV)")
     parser.add_argument("--analysis", help="§4 analysis metrics (JSON; default: analysis.json beside --metrics)")
+    parser.add_argument("--summary", help="the metrics DVC compares (JSON; default: summary.json beside --metrics)")
     parser.add_argument("--attention", help="Fig. 6 matrices (JSON; default: attention.json beside --metrics)")
     parser.add_argument("--figures", help="folder of the Fig. 5–7 PNGs (default: figures/ beside --metrics)")
+    parser.add_argument("--live", help="the train stage's dvclive folder (fold<k>/plots/metrics/*.tsv) to draw")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_params(args.params)
@@ -70,9 +78,12 @@ def main() -> None:
         predictions.to_csv(tmp, index=False, float_format="%.6g")
     write_text_atomic(args.metrics, _json(metrics))
     write_text_atomic(args.analysis or beside / "analysis.json", _json(analysis))
+    write_text_atomic(args.summary or beside / "summary.json", _json(summary_metrics(metrics, analysis)))
     write_text_atomic(args.attention or beside / "attention.json", _matrices_json(attention))
     figures = Path(args.figures or beside / "figures")
     written = write_figures(figures, data, results, attention)
+    if args.live and (curves := write_training_curves(args.live, figures / TRAINING_CURVES, params.folds)):
+        written.append(curves)
     for stale in set(figures.glob("*.png")) - set(written):  # e.g. Fig. 5 of an earlier SAM variant
         stale.unlink()
 

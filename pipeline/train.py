@@ -28,6 +28,8 @@ from nodule_net.io.checkpoint import extract_record, model_path
 from nodule_net.io.files import check_writable
 from nodule_net.io.store import read_dataset
 from nodule_net.model.net import NoduleNet
+from nodule_net.runtime.device import device_label
+from nodule_net.runtime.progress import progress_line
 from nodule_net.training.fit import save_model
 from nodule_net.training.plan import TrainingPlan, train_folds
 from nodule_net.training.run import EpochRecord
@@ -49,6 +51,17 @@ def check_room(needs: dict[Path, int]) -> None:
         per_disk[disks[path]] += need
     for path, disk in disks.items():
         check_writable(path, per_disk[disk])
+
+
+def finished_line(fold: int, checkpoint: Path, epochs: int, together: bool) -> str:
+    """Why fold ``fold``'s finished checkpoint is loaded, not trained: ``together``, the folds
+    trained at once in an earlier ``train@`` stage; else a run of this fold finished before."""
+    if together:
+        return (
+            f"fold {fold} was trained together with the other folds by an earlier train@ stage "
+            f"({epochs}/{epochs} epochs in {checkpoint}); writing its outputs."
+        )
+    return f"fold {fold}: {checkpoint} holds a finished run ({epochs}/{epochs} epochs); writing its outputs."
 
 
 @user_errors_exit(interrupted="interrupted; `dvc repro` resumes from the last epoch")
@@ -83,6 +96,12 @@ def main() -> None:
     )
     for k in written:
         check_writable(Path(args.live) / f"fold{k}" / "metrics.json")
+    if (summary := plan.summary(train_config.epochs)) is not None:
+        progress_line(summary)
+    # One train@k stage of folds that train at once: the first stage trained them all.
+    together = args.fold is not None and plan.engine != "sequential" and len(plan.folds) > 1
+    for k in plan.load:
+        progress_line(finished_line(k, checkpoints[k], train_config.epochs, together))
 
     with ExitStack() as stack:
         lives = {
@@ -101,9 +120,11 @@ def main() -> None:
         for k in written:
             lives[k].summary["best_epoch"] = results[k].best_epoch
             lives[k].summary["best_val_mae"] = results[k].best_val_mae
+            # Provenance for `nodule-net report`: what train.device resolved to in this stage.
+            lives[k].summary["device"] = device_label(plan.device)
     for k in written:
         save_model(model_path(args.models, k), results[k], model_config, k, extract_record(data.attrs))
-        print(f"fold {k}: best validation MAE {results[k].best_val_mae:.4f} at epoch {results[k].best_epoch}")
+        progress_line(f"fold {k}: best validation MAE {results[k].best_val_mae:.4f} at epoch {results[k].best_epoch}")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 dispatches; each subcommand is a module of :mod:`nodule_net.cli` (``lidc-stats`` → ``lidc_stats.py``).
 
     nodule-net lidc-stats [--json] [--scans first|all] [--workers N] [--patients ID ...]
-    nodule-net mae-table [metrics/mae.json]
+    nodule-net mae-table [metrics/mae.json] [--exp NAME ...]
     nodule-net bench [--device auto|cpu|cuda|cuda:N] [--json] [--quick] [--threads N] [--precision fp32|bf16]
     nodule-net grid [--dry-run] [--exp NAME ...] [-S key=value ...]
+    nodule-net grid --slurm [--dry-run | --status] [--exp NAME ...] [-S key=value ...] [--slurm-dir D] [SBATCH OPT ...]
     nodule-net report [--out report] [--exp NAME ...] [--all]
     nodule-net predict SERIES_DIR (--centre-mm X Y Z | --centre-voxel I J K) --diameter-mm D [--models DIR] [--json]
     nodule-net predict SERIES_DIR --box I0 I1 J0 J1 K0 K1 [--slices K ...] [--models DIR] [--json]
-    nodule-net predict --dataset data/nodules.h5 --nodule-id ID [--models DIR] [--json]
+    nodule-net predict --dataset data/nodules.h5 --nodule-id ID [--splits data/splits.json] [--models DIR] [--json]
 """
 
 from __future__ import annotations
@@ -34,8 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     p.add_argument("--patients", nargs="+", metavar="ID", help="only these patients (default: all 875)")
-    t = sub.add_parser("mae-table", help="the evaluate stage's MAE (final, auxiliary, baseline) as a table")
+    t = sub.add_parser("mae-table", help="the evaluate stage's MAE as a table, or DVC experiments side by side")
     t.add_argument("path", nargs="?", default="metrics/mae.json", help="default: metrics/mae.json")
+    t.add_argument(
+        "--exp",
+        nargs="+",
+        metavar="NAME",
+        help="DVC experiments of HEAD side by side, one row each (a branch name, e.g. main, gives the baseline)",
+    )
+    t.add_argument("--repo", default=".", help="with --exp: the DVC repository (default: .)")
     b = sub.add_parser("bench", help="training/inference speed, operators per step, projected protocol time")
     b.add_argument("--device", default="auto", help="auto (a GPU if there is one) | cpu | cuda | cuda:N")
     b.add_argument("--json", action="store_true", help="print the result as JSON instead of a report")
@@ -59,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="override passed to every experiment, e.g. -S train.epochs=2 (repeatable)",
     )
     g.add_argument("--exp", nargs="+", metavar="NAME", help="queue only these experiments of the grid (default: all)")
+    g.add_argument(
+        "--slurm",
+        action="store_true",
+        help="submit them as one Slurm array job instead (docs/cluster.md); any other option goes to sbatch, "
+        "e.g. --partition=gpu --gres=gpu:1 --time=2-00:00:00",
+    )
+    g.add_argument("--status", action="store_true", help="with --slurm: where each experiment of HEAD's grid stands")
+    g.add_argument("--slurm-dir", help="with --slurm: the work trees' and logs' folder (default: slurm/ in the repo)")
     r = sub.add_parser("report", help="the paper's tables from the finished DVC experiments, as report.md + figures")
     r.add_argument("--out", default="report", help="output folder (default: report)")
     r.add_argument("--exp", nargs="+", metavar="NAME", help="use only these experiments (default: all found)")
@@ -77,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=3,
         type=float,
         metavar=("I", "J", "K"),
-        help="nodule centre as row, column, slice index (slices sorted by z, from 0)",
+        help="nodule centre as row, column, slice index (a LIDC series: pylidc's; else the folder's, by z from 0)",
     )
     q.add_argument("--diameter-mm", type=float, help="nodule diameter in mm, with a centre")
     q.add_argument(
@@ -88,8 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="half-open voxel box (rows, columns, slices), as nodules.h5's bbox",
     )
     q.add_argument("--slices", nargs="+", type=int, metavar="K", help="with --box: only these slices")
-    q.add_argument("--dataset", default="data/nodules.h5", help="extracted dataset, with --nodule-id")
-    q.add_argument("--nodule-id", help="score this nodule of --dataset (e.g. LIDC-IDRI-0001/s1/n0)")
+    q.add_argument(
+        "--dataset",
+        default="data/nodules.h5",
+        help="the models' training data: with --nodule-id, the nodule to score; with a series, where its nodule "
+        "is looked up (default: data/nodules.h5)",
+    )
+    q.add_argument("--nodule-id", help="score this nodule of --dataset (e.g. LIDC-IDRI-0001/s12/n0)")
+    q.add_argument(
+        "--splits",
+        default="data/splits.json",
+        help="the models' folds: which one held a training nodule out (default: data/splits.json)",
+    )
     q.add_argument("--models", default="data/models", help="folder of fold<k>/model.pt (default: data/models)")
     q.add_argument(
         "--params",
@@ -103,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @user_errors_exit(interrupted="interrupted")
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `grid --slurm` passes the options it does not know to sbatch; every other command knows all of its own.
+    args, sbatch = parser.parse_known_args(argv)
+    if sbatch and not (args.command == "grid" and args.slurm):
+        parser.error(f"unrecognized arguments: {' '.join(sbatch)}")
+    args.sbatch = sbatch
     # Each subcommand's module is imported only when it runs: torch, pydicom, pandas or pylidc load for it alone.
     if args.command == "predict":
         from nodule_net.cli import predict

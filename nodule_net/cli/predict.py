@@ -1,4 +1,5 @@
-"""`nodule-net predict`: the flags into a nodule to score, the fold models and the crop they were trained on."""
+"""`nodule-net predict`: the flags into a nodule to score, the fold models, the crop they were trained on
+and their training data (the dataset and its splits, which say which fold held a training nodule out)."""
 
 from __future__ import annotations
 
@@ -58,5 +59,14 @@ def run(args: argparse.Namespace) -> None:
     params = Path(args.params)
     if params.exists():  # only to say where it differs: predict crops as the models were trained
         check_params_agree(crop, load_params(params).extract, params)
-    result = predict(source, models, crop, device, args.models, crop_recorded=record is not None)
+    result = predict(
+        source,
+        models,
+        crop,
+        device,
+        args.models,
+        crop_recorded=record is not None,
+        dataset=args.dataset,
+        splits=args.splits,
+    )
     print(json.dumps(result, indent=2) if args.json else format_result(result))

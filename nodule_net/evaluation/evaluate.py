@@ -9,6 +9,7 @@ pooled from those predictions, each nodule being tested exactly once:
   malignancy is not a score, so it is left out and ``mean`` is over the other 8.
 - :func:`analysis_metrics`: SAM end/non-end weights (Fig. 5), CAAM relations (Fig. 6) and
   Table 5's benign–malignant metrics, as metrics and as 9 × 9 matrices.
+- :func:`summary_metrics`: the few of those numbers that DVC compares across experiments.
 - :func:`prediction_table`: one row per nodule (``data/predictions.csv``).
 - :func:`write_figures`: Figs. 5–7 as PNGs.
 """
@@ -210,6 +211,35 @@ def analysis_metrics(data: NoduleDataset, results: list[FoldResult]) -> tuple[di
     return metrics, attention
 
 
+# What `dvc metrics diff` and `dvc exp show` compare across experiments (metrics/summary.json), in
+# the order they list it: pooled MAE first. A group's keys, or None for all of them; groups and
+# keys missing from the full files (no aux_mae without ASCMM, no sam without SAM) are left out.
+SUMMARY_KEYS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("mae", None),
+    ("aux_mae", ("mean",)),
+    ("baseline_mae", ("mean",)),
+    ("sam", ("nonend_to_end_ratio",)),
+    ("caam", ("radiologist_similarity", "profile_similarity")),
+    ("benign_malignant", ("auc", "sensitivity", "specificity", "accuracy")),
+)
+
+
+def summary_metrics(mae: dict, analysis: dict) -> dict:
+    """The pooled headline numbers of :func:`mae_metrics` and :func:`analysis_metrics`, the same values.
+
+    ``{"mae": {<attributes>, "mean"}, "aux_mae": {"mean"}, "baseline_mae": {"mean"},
+    "sam": {"nonend_to_end_ratio"}, "caam": {...}, "benign_malignant": {"auc", ...}}``; per-fold
+    values, SAM's depth bins and Table 5's counts stay in the full files only.
+    """
+    full = mae | analysis
+    summary = {}
+    for group, keys in SUMMARY_KEYS:
+        if group in full:
+            values = full[group]
+            summary[group] = {key: values[key] for key in (keys or values) if key in values}
+    return summary
+
+
 def evaluate_folds(
     data: NoduleDataset,
     splits: dict,
@@ -235,11 +265,16 @@ def _fig5_nodules(results: list[FoldResult], n: int = 3) -> list[tuple[int, np.n
     return candidates[:n]
 
 
-def _fig7_nodules(truth: np.ndarray, predicted: np.ndarray) -> list[int]:
-    """Rows of three nodules: the 10th, 50th and 90th percentile of the per-nodule mean absolute error."""
+def _fig7_nodules(truth: np.ndarray, predicted: np.ndarray, nodule_ids: np.ndarray) -> list[tuple[int, str]]:
+    """(row, label) of three nodules: those at the 10th, 50th and 90th percentile of the
+    per-nodule mean absolute error over the K columns of ``truth`` and ``predicted`` (n, K)."""
     error = np.nanmean(np.abs(predicted - truth), axis=1)
     order = np.argsort(error, kind="stable")
-    return [int(order[round(q * (len(order) - 1))]) for q in (0.1, 0.5, 0.9)]
+    picked = []
+    for q in (10, 50, 90):
+        row = int(order[round(q / 100 * (len(order) - 1))])
+        picked.append((row, f"{q}th percentile error ({error[row]:.2f}):\n{nodule_ids[row]}"))
+    return picked
 
 
 def write_figures(
@@ -258,14 +293,8 @@ def write_figures(
             path,
         )
         written.append(path)
-    panels = [("a) radiologists' |r|", attention["radiologist_correlation"], "magnitude")]
-    if "caam_weights_normalised" in attention:
-        panels += [
-            (f"CAAM weights, row / max|w| ({config.variant})", attention["caam_weights_normalised"], "weight"),
-            (f"CAAM profile correlation ({config.variant})", attention["caam_profile_correlation"], "correlation"),
-        ]
     path = folder / FIGURES["caam"]
-    draw_attribute_relations(panels, attention["abbreviations"], path)
+    draw_attribute_relations(attention, path)
     written.append(path)
     index = np.concatenate([r.test_index for r in results])
     truth = np.concatenate([_truth(data, config.attributes)[r.test_index] for r in results])
@@ -275,14 +304,15 @@ def write_figures(
             [r.predictions.scores[:, config.classify_column] for r in results]
         )
     scored = _regressed(config)
-    rows = _fig7_nodules(truth[:, scored], predicted[:, scored])
+    picked_rows = _fig7_nodules(truth[:, scored], predicted[:, scored], data.nodule_id[index])
+    rows = [k for k, _ in picked_rows]
     path = folder / FIGURES["predictions"]
     draw_predictions(
         [data.slices(int(index[k]))[data.n_slices[index[k]] // 2] for k in rows],
         truth[rows],
         predicted[rows],
         attention["abbreviations"],
-        [str(data.nodule_id[index[k]]) for k in rows],
+        [label for _, label in picked_rows],
         path,
         probability_row=config.classify_column,
     )

@@ -6,7 +6,7 @@ Pure numpy; callers de-normalise the model's [0, 1] scores first with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -53,3 +53,43 @@ def format_mae_table(metrics: dict) -> str:
             values = [metrics[key][a] for a in columns] + [metrics[key]["mean"]]
             lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     return "\n".join(lines)
+
+
+# Columns after the attributes in `format_mae_comparison`: the summary's groups that hold a mean only.
+COMPARISON_MEANS = (("aux_mae", "Aux"), ("baseline_mae", "Baseline"))
+MISSING = "-"  # not predicted (as DVC prints it)
+
+
+def format_mae_comparison(summaries: Mapping[str, dict]) -> str:
+    """Experiments side by side, one row each (``{name: metrics}``, each a ``metrics/summary.json`` or
+    ``metrics/mae.json``): the final MAE per attribute in the paper's column order and its mean, then
+    the means of the auxiliary (ASCMM) predictions and of the train-mean baseline.
+
+    A Markdown table with aligned columns, then two legend lines; ``-`` where a model predicts no such value.
+    """
+    if not summaries:
+        raise ValueError("No experiments to compare; name at least one.")
+    for name, metrics in summaries.items():
+        if "mae" not in metrics:
+            raise ValueError(f"Experiment {name} has no `mae` metrics; did its evaluate stage run?")
+    columns = [a for a in ATTRIBUTES if any(a in m["mae"] for m in summaries.values())]
+    header = ["experiment", *(ABBREVIATIONS[attribute_index(a)] for a in columns), "Mean"]
+    header += [label for _, label in COMPARISON_MEANS]
+    rows = []
+    for name, metrics in summaries.items():
+        values = [metrics["mae"].get(a) for a in [*columns, "mean"]]
+        values += [metrics.get(key, {}).get("mean") for key, _ in COMPARISON_MEANS]
+        rows.append([name, *(MISSING if v is None else f"{v:.3f}" for v in values)])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        """Names left-aligned, numbers right-aligned, each padded to its column's width."""
+        padded = [cells[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    legend = [
+        "MAE on the original rating scales, pooled over the test folds; Mean: over the attributes the model scores;",
+        f"Aux: the ASCMM auxiliary predictions' mean; Baseline: the train-mean predictor's mean; {MISSING}: none.",
+    ]
+    return "\n".join([line(header), rule, *map(line, rows), "", *legend])

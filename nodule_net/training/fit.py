@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
+from functools import partial
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from nodule_net.io.store import NoduleDataset
 from nodule_net.model.loss import loss_fn
 from nodule_net.model.net import NoduleNet
 from nodule_net.runtime.device import resolve_device
+from nodule_net.runtime.progress import with_heartbeat
 from nodule_net.training.run import EpochRecord, FitResult, FoldRun, check_precision, epoch_rng, forward_at
 
 
@@ -93,7 +95,9 @@ def fit(
     resolves ``train_config.device`` here, for a caller without a plan.
     ``on_epoch`` is called once per epoch in order — including, on resumption, for the
     epochs the checkpoint already holds, so loggers can rebuild complete curves.
-    ``progress``: a line per epoch, and a progress bar on a terminal unless ``progress_bar`` is False.
+    ``progress``: a line per epoch (``fold k epoch e/E``, the elapsed time and an estimate of
+    what is left), and a progress bar on a terminal unless ``progress_bar`` is False — without
+    the bar, a line every :data:`~nodule_net.runtime.progress.HEARTBEAT_S` seconds within an epoch.
     """
     device = device if device is not None else resolve_device(train_config.device)
     check_precision(train_config.precision, device)
@@ -113,9 +117,11 @@ def fit(
             disable=None if progress and progress_bar else True,
             leave=False,
         )
+        # Without a bar an epoch would be silent for minutes (5 folds sharing 2 cores): a line every minute.
+        steps = with_heartbeat(bar, partial(run.step_line, epoch, steps=n_batches)) if progress and bar.disable else bar
         try:
             train_loss = train_epoch(
-                run.model, run.optimizer, bar, train_config.lambda_aux, device, train_config.precision
+                run.model, run.optimizer, steps, train_config.lambda_aux, device, train_config.precision
             )
         except NonFiniteLoss as err:
             raise run.loss_error(epoch, err.step, err.nodules, err.loss) from None

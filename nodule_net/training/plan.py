@@ -120,6 +120,24 @@ class TrainingPlan:
         )
         return cls(device, engine, handled, written, train, load, pool)
 
+    def summary(self, epochs: int) -> str | None:
+        """One line for the log: which folds train (to ``epochs``), how and on which device; None
+        when none does."""
+        if not self.train:
+            return None
+        plural = "s" if len(self.train) > 1 else ""
+        if self.engine == "side_by_side":
+            how = " side by side in one loop"
+        elif self.engine == "processes" and self.pool.processes > 1:
+            how = f" at once in {self.pool.processes} processes of {self.pool.threads} thread(s) each"
+        else:
+            how = " one after another" if plural else ""
+        line = f"Training fold{plural} {', '.join(map(str, self.train))}{how} on {self.device}, {epochs} epochs"
+        if others := [fold for fold in self.train if fold not in self.written]:
+            stages = ", ".join(f"train@{fold}" for fold in others)
+            line += f"; {stages} will then only write {'their' if len(others) > 1 else 'its'} outputs"
+        return line + "."
+
     @classmethod
     def for_checkpoints(
         cls,

@@ -14,7 +14,10 @@ second of one two-thread process (docs/speed.md: ``nodule-net bench`` measures i
 
 Every fold's process is started at once, even when there are more folds than threads:
 the operating system shares the cores, so all folds finish together (a pool of fewer
-processes would leave the last fold alone on one thread).
+processes would leave the last fold alone on one thread). Each process writes its fold's
+lines (:mod:`nodule_net.runtime.progress`): one per epoch, with the time its run has taken
+and what is left at that pace (the pace of all folds sharing the cores), and one a minute
+within an epoch.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def _fit_fold(task: tuple) -> tuple[int, FitResult]:
     def report(record: EpochRecord) -> None:  # after the epoch's checkpoint, as on_epoch everywhere
         epochs.put((fold, tuple(record)))
 
-    # Epoch lines only: progress bars of several processes would overwrite each other.
+    # Lines only (each epoch's, and one a minute within it): bars of several processes would
+    # overwrite each other. Each line is flushed as written, time-stamped in a log.
     return fold, fit(
         _worker_data,
         parts,

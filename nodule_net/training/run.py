@@ -3,9 +3,11 @@
 :class:`FoldRun` holds the bookkeeping every engine shares: start afresh or resume from the
 fold's checkpoint, the data checks, the error of a non-finite loss, validation and its
 non-finite check, best-epoch selection, the checkpoint written after every epoch, the
-per-epoch line and the final :class:`FitResult`. The engines differ only in how they take
-steps: :func:`nodule_net.training.fit.fit` (one fold), :func:`nodule_net.training.side_by_side.fit_folds`
-(k folds under vmap), :func:`nodule_net.training.processes.fit_in_processes` (one process per fold).
+per-epoch line (``fold k epoch e/E``, the elapsed time and an estimate of what is left:
+:mod:`nodule_net.runtime.progress`) and the final :class:`FitResult`. The engines differ
+only in how they take steps: :func:`nodule_net.training.fit.fit` (one fold),
+:func:`nodule_net.training.side_by_side.fit_folds` (k folds under vmap),
+:func:`nodule_net.training.processes.fit_in_processes` (one process per fold).
 
 Protocol: Adam (lr 1e-4, betas 0.9/0.999, weight decay 1e-4 on all parameters), the summed
 loss of eq. 8 (:mod:`nodule_net.model.loss`), shuffling and augmentation every epoch, inputs
@@ -35,7 +37,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from nodule_net.attributes import denormalise
 from nodule_net.config import ModelConfig, TrainConfig
@@ -46,6 +47,7 @@ from nodule_net.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoin
 from nodule_net.io.store import NoduleDataset
 from nodule_net.model.loss import benign_malignant_labels
 from nodule_net.model.net import ModelOutput, NoduleNet
+from nodule_net.runtime.progress import EpochClock, progress_line
 from nodule_net.training.fingerprint import fingerprint
 
 # Random stream id for training (nodule_net.data.split uses 1), so `seed` feeds independent streams.
@@ -206,7 +208,16 @@ class FoldRun:
             self.start, self.best_state = ckpt["epoch"], ckpt["best_model"]
             self.best_epoch, self.best_mae = ckpt["best_epoch"], ckpt["best_val_mae"]
             self.history = [EpochRecord(*r) for r in ckpt["history"]]
-            tqdm.write(f"Resuming fold {fold} from {self.path} after epoch {self.start}.")
+            epochs = train_config.epochs
+            # A finished checkpoint resumes nothing: the stage that loads it says why (pipeline/train.py).
+            if self.start < epochs:
+                left = f"epoch {epochs}" if self.start + 1 == epochs else f"epochs {self.start + 1}–{epochs}"
+                progress_line(
+                    f"Resuming fold {fold} from {self.path} after epoch {self.start}/{epochs}; training {left}."
+                )
+        # The time of this run's epochs only (resumed ones took none here); engines that step
+        # several folds in one loop give them one clock.
+        self.clock = EpochClock(self.start + 1, train_config.epochs)
 
     def epochs(self) -> range:
         """The epochs left to train (1-based)."""
@@ -217,6 +228,13 @@ class FoldRun:
         if on_epoch is not None:
             for record in self.history:
                 on_epoch(record)
+
+    def step_line(self, epoch: int, done: int, steps: int) -> None:
+        """The line of a bar-less epoch ``epoch`` that has done ``done`` of its ``steps`` steps."""
+        progress_line(
+            f"fold {self.fold} epoch {epoch}/{self.train_config.epochs}: step {done}/{steps}, "
+            f"{self.clock.timing(epoch, done / steps)}"
+        )
 
     def loss_error(self, epoch: int, step: int, nodules: np.ndarray, loss: float) -> ValueError:
         """The error of a NaN or infinite loss at 0-based ``step`` of ``epoch`` on dataset ``nodules``."""
@@ -255,9 +273,10 @@ class FoldRun:
             self.best_mae, self.best_epoch = record.val_mae, epoch
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if progress:
-            tqdm.write(
-                f"fold {self.fold} epoch {epoch}: train loss {train_loss:.4f}, val MAE {record.val_mae:.4f}"
-                f" (best {self.best_mae:.4f} @ {self.best_epoch})"
+            progress_line(
+                f"fold {self.fold} epoch {epoch}/{self.train_config.epochs}: train loss {train_loss:.4f}, "
+                f"val MAE {record.val_mae:.4f} (best {self.best_mae:.4f} @ {self.best_epoch}), "
+                f"{self.clock.timing(epoch)}"
             )
         if self.path is not None:
             save_checkpoint(self.checkpoint(epoch), self.path)

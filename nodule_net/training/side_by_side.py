@@ -43,6 +43,7 @@ from nodule_net.io.store import NoduleDataset
 from nodule_net.model.loss import loss_fn
 from nodule_net.model.net import ModelOutput, NoduleNet
 from nodule_net.runtime.device import resolve_device
+from nodule_net.runtime.progress import EpochClock, progress_line, with_heartbeat
 from nodule_net.training.run import EpochRecord, FitResult, FoldRun, check_precision, epoch_rng, forward_at
 
 # Validation packs nodules (same outputs as one at a time, tests/training/test_train.py), so it
@@ -238,6 +239,13 @@ def _epoch_losses(
     return means
 
 
+def _step_line(names: str, epoch: int, clock: EpochClock, steps: int, done: int) -> None:
+    """The line of a bar-less epoch ``epoch`` of folds ``names`` that has done ``done`` of its ``steps`` steps."""
+    progress_line(
+        f"folds {names} epoch {epoch}/{clock.epochs}: step {done}/{steps}, {clock.timing(epoch, done / steps)}"
+    )
+
+
 def fit_folds(
     data: NoduleDataset,
     fold_parts: Mapping[int, dict[str, np.ndarray]],
@@ -255,6 +263,8 @@ def fit_folds(
     f, checkpoint_paths[f])`` within float tolerance. ``on_epoch(fold, record)`` is called
     once per fold and epoch, in epoch order for each fold, after that epoch's checkpoints
     are written — on resumption first for the epochs the checkpoints already hold.
+    ``progress``: a line per fold and epoch (the elapsed time and what is left are the
+    loop's, which every fold shares), and a bar on a terminal — elsewhere a line a minute.
     """
     if train_config.batch_nodules != 1:
         raise ValueError(
@@ -283,7 +293,12 @@ def fit_folds(
     )
     for run in runs:
         run.replay(partial(on_epoch, run.fold) if on_epoch is not None else None)
-    for epoch in range(min(r.start for r in runs) + 1, train_config.epochs + 1):
+    first = min(r.start for r in runs) + 1
+    # One loop steps every fold: each fold's time and what is left are the loop's.
+    clock = EpochClock(first, train_config.epochs)
+    for run in runs:
+        run.clock = clock
+    for epoch in range(first, train_config.epochs + 1):
         # A fold resumed from a later epoch than the others waits for them.
         training = [r.start < epoch for r in runs]
         streams: list[Iterator[Batch] | None] = [
@@ -295,13 +310,16 @@ def fit_folds(
         n_steps = max(len(r.parts["train"]) for r, t in zip(runs, training, strict=True) if t)
         step_losses, step_active, step_index = [], [], []
         names = ",".join(str(r.fold) for r, t in zip(runs, training, strict=True) if t)
-        for _ in tqdm(
+        bar = tqdm(
             range(n_steps),
             desc=f"folds {names} epoch {epoch}/{train_config.epochs}",
             unit="step",
             disable=None if progress else True,
             leave=False,
-        ):
+        )
+        # Where no bar is drawn (a log), a line every minute within the epoch.
+        beat = partial(_step_line, names, epoch, clock, n_steps)
+        for _ in with_heartbeat(bar, beat) if progress and bar.disable else bar:
             step = stack_nodules([next(s, None) if s is not None else None for s in streams], blank)
             losses = loss_of(params, step.images, step.mask, step.targets)  # (k,)
             (grad,) = torch.autograd.grad(losses.sum(), params)  # the folds share nothing: per-fold gradients

@@ -17,6 +17,7 @@ from nodule_net.attributes import ABBREVIATIONS, ATTRIBUTES
 from nodule_net.config import ModelConfig, TrainConfig
 from nodule_net.data.split import fold_indices, kfold_split, write_splits
 from nodule_net.evaluation.analysis import SAM_DEPTH_BINS
+from nodule_net.evaluation.evaluate import SUMMARY_KEYS, summary_metrics
 from nodule_net.io.checkpoint import model_path
 from nodule_net.io.store import write_dataset
 from nodule_net.training.fit import fit, save_model
@@ -53,8 +54,32 @@ def expected_keys(sam: bool, caam: bool) -> set[str]:
     return keys
 
 
-def run_evaluate(tmp_path: Path, variant: str, malignancy: str = "regress"):
-    """Train 2 tiny folds for one epoch, then run pipeline/evaluate.py as DVC does; returns the dataset."""
+def write_live(folder: Path, folds: int = 2, epochs: int = 2) -> None:
+    """dvclive's per-fold files as the train stage leaves them: curves (TSV) and the summary."""
+    for fold in range(folds):
+        curves = folder / f"fold{fold}" / "plots" / "metrics"
+        curves.mkdir(parents=True)
+        for name in ("train_loss", "val_mae"):
+            rows = "".join(f"{e}\t{1.0 / (e + fold)}\n" for e in range(1, epochs + 1))
+            (curves / f"{name}.tsv").write_text(f"step\t{name}\n{rows}")
+        summary = {"train_loss": 0.5, "val_mae": 0.5, "step": epochs, "best_epoch": epochs, "best_val_mae": 0.5}
+        (folder / f"fold{fold}" / "metrics.json").write_text(json.dumps(summary))
+
+
+def assert_summary_is_the_full_files(tmp_path: Path) -> dict:
+    """metrics/summary.json: the pooled keys of mae.json and analysis.json, the same values, in SUMMARY_KEYS order."""
+    summary, full = read(tmp_path, "summary.json"), read(tmp_path, "mae.json") | read(tmp_path, "analysis.json")
+    assert list(summary) == [group for group, _ in SUMMARY_KEYS if group in full]
+    for group, keys in SUMMARY_KEYS:
+        if group in summary:
+            assert summary[group] == {k: full[group][k] for k in (keys or full[group])}
+    assert list(summary["mae"]) == list(full["mae"])  # every pooled attribute and the mean, no folds
+    return summary
+
+
+def run_evaluate(tmp_path: Path, variant: str, malignancy: str = "regress", live: bool = False):
+    """Train 2 tiny folds for one epoch, then run pipeline/evaluate.py as DVC does (with a dvclive
+    folder to draw when ``live``); returns the dataset."""
     data = make_dataset(n_nodules=12, size=16, max_depth=5, seed=1)
     data.ratings[:, ATTRIBUTES.index("malignancy")] = MALIGNANCY
     write_dataset(tmp_path / "nodules.h5", data)
@@ -90,6 +115,9 @@ def run_evaluate(tmp_path: Path, variant: str, malignancy: str = "regress"):
         "--params",
         str(tmp_path / "params.yaml"),
     ]
+    if live:
+        write_live(tmp_path / "live")
+        argv += ["--live", str(tmp_path / "live")]
     old_argv, sys.argv = sys.argv, argv
     try:
         runpy.run_path(str(REPO / "pipeline" / "evaluate.py"), run_name="__main__")
@@ -112,7 +140,7 @@ def assert_table5_matches_predictions(table5: dict, truth: np.ndarray, decision:
 
 @pytest.mark.slow
 def test_evaluate_stage_writes_every_analysis_of_the_full_model(tmp_path) -> None:
-    data = run_evaluate(tmp_path, "full")
+    data = run_evaluate(tmp_path, "full", live=True)
     analysis = read(tmp_path, "analysis.json")
     assert set(flatten(analysis)) == expected_keys(sam=True, caam=True)
     depths = data.n_slices
@@ -136,8 +164,15 @@ def test_evaluate_stage_writes_every_analysis_of_the_full_model(tmp_path) -> Non
     np.testing.assert_allclose(np.abs(normalised).max(axis=1), 1.0)  # each row's largest |w| is 1
     mae = read(tmp_path, "mae.json")
     assert set(mae["mae"]) == {*ATTRIBUTES, "mean"} and "aux_mae" in mae
+    summary = assert_summary_is_the_full_files(tmp_path)
+    assert len(flatten(summary)) == 19  # 9 attributes + mean, aux, baseline, SAM, 2 CAAM, 4 of Table 5
     figures = sorted(p.name for p in (tmp_path / "metrics" / "figures").iterdir())
-    assert figures == ["fig5_slice_attention.png", "fig6_attribute_relations.png", "fig7_predictions.png"]
+    assert figures == [
+        "fig5_slice_attention.png",
+        "fig6_attribute_relations.png",
+        "fig7_predictions.png",
+        "training_curves.png",  # from --live, kept by the stale-figure cleanup
+    ]
 
 
 @pytest.mark.slow
@@ -151,6 +186,8 @@ def test_evaluate_stage_without_attention_has_no_sam_or_caam_keys(tmp_path) -> N
     assert "caam_weights_normalised" not in attention and len(attention["radiologist_correlation"]) == 9
     figures = sorted(p.name for p in (tmp_path / "metrics" / "figures").iterdir())
     assert figures == ["fig6_attribute_relations.png", "fig7_predictions.png"]  # the stale Fig. 5 is gone
+    summary = assert_summary_is_the_full_files(tmp_path)
+    assert set(summary) == {"mae", "baseline_mae", "benign_malignant"}  # no ASCMM, SAM or CAAM numbers
 
 
 @pytest.mark.slow
@@ -166,4 +203,26 @@ def test_evaluate_stage_scores_a_classifier_by_its_probability(tmp_path) -> None
     assert ((probability > 0) & (probability < 1)).all()
     table5 = read(tmp_path, "analysis.json")["benign_malignant"]
     assert table5["source"] == "classifier"
+    summary = assert_summary_is_the_full_files(tmp_path)
+    assert set(summary["mae"]) == {*regressed, "mean"} and summary["aux_mae"] == {"mean": mae["aux_mae"]["mean"]}
     assert_table5_matches_predictions(table5, predictions["true_malignancy"].to_numpy(), probability, 0.5)
+
+
+def test_summary_keeps_the_pooled_headline_keys_of_a_single_attribute_run() -> None:
+    mae = {
+        "mae": {"malignancy": 0.7, "mean": 0.7},
+        "baseline_mae": {"malignancy": 0.8, "mean": 0.8},
+        "folds": {"0": {"mae": {"malignancy": 0.6, "mean": 0.6}, "n_test": 3}},
+    }
+    analysis = {
+        "benign_malignant": {"source": "regression", "accuracy": 0.5, "auc": None, "n_benign": 2, "folds": {}},
+        "sam": {"end_weight": 0.5, "nonend_weight": 1.5, "nonend_to_end_ratio": 3.0, "n_nodules": 4, "by_depth": {}},
+    }
+    summary = summary_metrics(mae, analysis)
+    assert summary == {
+        "mae": {"malignancy": 0.7, "mean": 0.7},
+        "baseline_mae": {"mean": 0.8},
+        "sam": {"nonend_to_end_ratio": 3.0},
+        "benign_malignant": {"auc": None, "accuracy": 0.5},  # an undefined AUC stays, as null
+    }
+    assert list(summary) == ["mae", "baseline_mae", "sam", "benign_malignant"]  # pooled MAE first

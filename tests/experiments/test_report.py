@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,16 @@ import yaml
 from scipy import stats
 
 from nodule_net.attributes import ATTRIBUTES
-from nodule_net.experiments.report import MISSING, Experiments, build_sections, load_experiments, select
+from nodule_net.experiments.records import pipeline_var
+from nodule_net.experiments.report import (
+    MISSING,
+    PAPER_NA,
+    UNDEFINED,
+    Experiments,
+    build_sections,
+    load_experiments,
+    select,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,6 +82,10 @@ def _row(table, label: str) -> list[str]:
     return next(row for row in table.rows if row[0] == label)
 
 
+def _table(section, caption_start: str):
+    return next(t for t in section.tables if t.caption.startswith(caption_start))
+
+
 def _abs_errors(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path).set_index("nodule_id").sort_index()
     return pd.DataFrame({a: (frame[f"pred_{a}"] - frame[f"true_{a}"]).abs() for a in ATTRIBUTES})
@@ -83,7 +97,7 @@ def test_tables_have_cells_for_the_experiments_and_dashes_for_the_rest(built) ->
     assert {"t1-none", "t1-sam"} <= set(exps.records)
     assert list(sections) == ["1", "2", "3", "4", "5", "S1", "S2"]
     ours = sections["1"].tables[0]
-    mae = exps.records["t1-none"].metrics_with("baseline_mae")["mae"]
+    mae = exps.output("t1-none", "mae")["mae"]
     none_row = _row(ours, "No Attention")
     assert none_row[1:11] == [f"{mae[a]:.3f}" for a in (*ATTRIBUTES, "mean")]
     assert none_row[-1] == f"t1-none ({exps.records['t1-none'].rev[:7]})"
@@ -93,9 +107,9 @@ def test_tables_have_cells_for_the_experiments_and_dashes_for_the_rest(built) ->
     assert "Rests on 4 nodules in 2 folds" in sections["1"].notes[0]
     assert all(row[1] == MISSING for row in sections["S1"].tables[0].rows)  # no λ experiment ran
     assert _row(sections["S2"].tables[0], "Individual")[1:11] == [MISSING] * 10
-    ib = exps.records["t1-none"].metrics_with("interobserver_mae")["interobserver_mae"]
+    ib = exps.output("t1-none", "dataset_stats")["interobserver_mae"]
     assert _row(sections["4"].tables[0], "IB (ours)")[1:11] == [f"{ib[a]:.2f}" for a in (*ATTRIBUTES, "mean")]
-    assert _row(sections["4"].tables[0], "MTMR-Net, Liu et al. [12]")[9] == MISSING  # the paper's N/A
+    assert _row(sections["4"].tables[0], "MTMR-Net, Liu et al. [12]")[9] == PAPER_NA  # the paper's N/A
 
 
 @pytest.mark.integration
@@ -103,10 +117,10 @@ def test_t_test_and_bootstrap_are_on_the_paired_per_nodule_errors(project: Path,
     none, sam = _abs_errors(project.parent / "t1-none.csv"), _abs_errors(project.parent / "t1-sam.csv")
     assert list(none.index) == list(sam.index) and len(none) == 4
     section = built[1]["1"]
-    p_row, ci_row = _row(section.tables[2], "SAM"), _row(section.tables[3], "SAM")
+    p_row, ci_row = _row(_table(section, "Paired t-test"), "SAM"), _row(_table(section, "Difference"), "SAM")
     for k, attribute in enumerate(ATTRIBUTES):
         p = stats.ttest_rel(sam[attribute], none[attribute]).pvalue
-        assert p_row[1 + k] == (MISSING if np.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}")
+        assert p_row[1 + k] == (UNDEFINED if np.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}")
     difference = sam.mean(axis=1) - none.mean(axis=1)
     p_mean = stats.ttest_rel(sam.mean(axis=1), none.mean(axis=1)).pvalue
     assert p_row[-1] == ("<0.001" if p_mean < 0.001 else f"{p_mean:.3f}")
@@ -116,9 +130,30 @@ def test_t_test_and_bootstrap_are_on_the_paired_per_nodule_errors(project: Path,
 
 
 @pytest.mark.integration
+def test_per_fold_values_are_read_from_the_files_at_each_experiments_revision(project: Path, built) -> None:
+    exps = built[0]
+    summary = pipeline_var(project, "summary")
+    workspace = json.loads((project / pipeline_var(project, "mae")).read_text())  # t1-sam's: it ran last
+    for name in ("t1-none", "t1-sam"):
+        record = exps.records[name]
+        assert list(record.metrics) == [summary]  # DVC's metrics: the summary alone
+        for var in ("mae", "analysis"):  # git-tracked: the experiment's commit holds them
+            path = pipeline_var(project, var)
+            committed = subprocess.run(["git", "show", f"{record.rev}:{path}"], cwd=project, capture_output=True)
+            assert exps.output(name, var) == json.loads(committed.stdout), (name, var)
+        stats = json.loads((project / pipeline_var(project, "dataset_stats")).read_text())  # from DVC's cache
+        assert exps.output(name, "dataset_stats") == stats  # one dataset for both experiments
+        mae = exps.output(name, "mae")
+        assert sorted(mae["folds"]) == ["0", "1"] and sum(f["n_test"] for f in mae["folds"].values()) == 4
+        assert record.metrics[summary]["mae"]["mean"] == mae["mae"]["mean"]
+    assert exps.output("t1-none", "mae") != workspace and exps.output("t1-sam", "mae") == workspace
+    assert exps.output("t1-nope", "mae") is None
+
+
+@pytest.mark.integration
 def test_selecting_experiments(built) -> None:
     exps = built[0]
-    only_none = Experiments(exps.repo, select(exps.records, ["t1-none"]), exps.predictions_path)
+    only_none = Experiments(exps.repo, select(exps.records, ["t1-none"]))
     ours = build_sections(only_none)[0][0].tables[0]
     assert _row(ours, "SAM")[1:] == [MISSING] * 10 + ["t1-sam: missing"]  # exists in DVC, left out
     assert _row(ours, "No Attention")[1] != MISSING
@@ -146,6 +181,13 @@ def test_report_command_writes_markdown_and_figures(project: Path, tmp_path: Pat
     assert "t1-sam (" in text and "Rests on 4 nodules in 2 folds" in text
     assert (tmp_path / "table_s1_lambda.png").stat().st_size > 1000
     assert (tmp_path / "significance.png").stat().st_size > 1000
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=project, capture_output=True, text=True)
+    provenance = text.split("## Provenance")[1].split("## Marks")[0]
+    assert f"- **Baseline commit** `{head.stdout.strip()}` (" in provenance and "): tiny pipeline" in provenance
+    assert "- **Device**: `train.device=cpu` in every experiment." in provenance
+    assert "  - `train`: " in provenance and "`epochs=1`" in provenance and "`folds=[0, 1]`" in provenance
+    assert "| Training-fold mean (trivial baseline) | " in text.split("## Table 2.")[0]
+    assert text.count("| Training-fold mean (trivial baseline) | ") == 3  # Tables 1, 2 and 4
 
 
 def test_report_out_that_is_a_file_is_refused_before_the_work(tmp_path: Path, capsys, monkeypatch) -> None:

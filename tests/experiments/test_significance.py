@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-from nodule_net.experiments.significance import absolute_errors, bootstrap_interval, compare, pair_errors, paired_ttest
+from nodule_net.experiments.significance import (
+    absolute_errors,
+    bootstrap_interval,
+    compare,
+    holm,
+    pair_errors,
+    paired_ttest,
+)
 
 A = np.array([0.50, 0.10, 0.90, 0.30, 0.70, 0.20, 0.40, 0.60])
 B = np.array([0.60, 0.30, 0.80, 0.50, 0.90, 0.20, 0.70, 0.65])
@@ -62,6 +72,9 @@ def test_compare_pairs_nodules_by_id_whatever_their_order() -> None:
     # The mean error over attributes per nodule is 1.5·A vs 1.5·B: the same t statistic.
     assert result.p_values["mean"] == pytest.approx(stats.ttest_rel(A, B).pvalue)
     assert result.mean_difference == pytest.approx(1.5 * (A - B).mean())
+    assert result.differences == pytest.approx(
+        {"subtlety": (A - B).mean(), "margin": 2 * (A - B).mean(), "mean": 1.5 * (A - B).mean()}
+    )
     assert result.ci_low < result.mean_difference < result.ci_high
 
 
@@ -74,3 +87,20 @@ def test_pairing_refuses_different_nodules() -> None:
     twice = absolute_errors(_predictions(["x", "x", "z"], truth, truth), ["subtlety", "margin"])
     with pytest.raises(ValueError, match="more than once"):
         pair_errors(twice, a)
+
+
+def test_holm_is_statsmodels_on_the_tests_that_exist() -> None:
+    raw = [0.010, 0.040, 0.030, 0.200]
+    adjusted = holm(raw)
+    gc.freeze()  # multipletests runs gc.collect(), slow over pytest's heap
+    try:
+        assert adjusted == pytest.approx(list(multipletests(raw, method="holm")[1]), rel=1e-12)
+        # A NaN (no test) stays NaN and leaves the family: the others are adjusted as three tests.
+        with_nan = holm([0.010, float("nan"), 0.030, 0.200])
+        assert np.isnan(with_nan[1])
+        expected = multipletests([0.010, 0.030, 0.200], method="holm")[1]
+    finally:
+        gc.unfreeze()
+    assert [with_nan[0], with_nan[2], with_nan[3]] == pytest.approx(list(expected), rel=1e-12)
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.2])  # by hand: 4·0.01, max(3·0.03, ·), 2·0.04, 0.2
+    assert all(np.isnan(holm([float("nan")] * 2))) and holm([]) == []

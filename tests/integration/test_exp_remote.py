@@ -109,11 +109,21 @@ def test_pulled_experiment_shows_the_params_and_metrics_machine_a_got(machines):
         [0, 1],
         1,
     )
-    mae = data["metrics"]["metrics/mae.json"]["data"]
+    assert list(data["metrics"]) == ["metrics/summary.json"]  # the one DVC metrics file
+    summary = data["metrics"]["metrics/summary.json"]["data"]
     # The workspace of A holds the experiment's results (a workspace `dvc exp run` applies them).
+    assert summary == json.loads((machines.a / "metrics/summary.json").read_text())
+
+
+def test_pulled_experiment_has_its_full_metrics_files_in_its_commit(machines):
+    """Per-fold values (git-tracked) and dvclive's summary (DVC-cached): B reads both at the experiment."""
+    mae = json.loads(dvc.api.read("metrics/mae.json", repo=str(machines.b), rev=EXPERIMENT))
     assert mae == json.loads((machines.a / "metrics/mae.json").read_text())
     assert {mae["folds"][k]["n_test"] for k in ("0", "1")} == {2}
-    assert data["metrics"]["metrics/train/fold1/metrics.json"]["data"]["best_epoch"] == 1
+    summary = machines.experiment["data"]["metrics"]["metrics/summary.json"]["data"]
+    assert summary["mae"] == mae["mae"] and summary["baseline_mae"] == {"mean": mae["baseline_mae"]["mean"]}
+    live = json.loads(dvc.api.read("metrics/train/fold1/metrics.json", repo=str(machines.b), rev=EXPERIMENT))
+    assert live["best_epoch"] == 1
 
 
 def test_pulled_outputs_are_in_b_s_cache_and_read_through_dvc_api(machines):

@@ -109,7 +109,10 @@ def test_checkpoint_of_another_run_is_ignored_not_moved(tmp_path, capsys) -> Non
     path = tmp_path / "fold0.pt"
     save_checkpoint(valid_state("run-a"), path)
     assert load_checkpoint(path, "run-b", epochs=5, device=CPU) is None
-    assert capsys.readouterr().out.strip() == f"{path}: checkpoint from other params or data; starting afresh."
+    assert (
+        capsys.readouterr().out.strip()
+        == f"{path}: checkpoint of other params, data or training code; starting afresh."
+    )
     assert path.exists()
     state = load_checkpoint(path, "run-a", epochs=5, device=CPU)
     assert state["epoch"] == 2 and state["history"] == [(1, 1.0, 0.5), (2, 0.9, 0.6)]

@@ -291,12 +291,15 @@ def test_train_folds_script_writes_what_train_stages_write(tmp_path, monkeypatch
         return capsys.readouterr().out
 
     run("all")
-    run("staged", "--fold", "0")  # trains both folds at once (the processes' lines go to their own stdout)
+    first = run("staged", "--fold", "0")  # trains both folds at once (the processes' lines go to their own stdout)
+    assert "Training folds 0, 1" in first and "train@1 will then only write its outputs" in first
     assert (tmp_path / "staged/ckpt/fold1.pt").exists()
     assert not (tmp_path / "staged/models/fold1").exists()
     second = run("staged", "--fold", "1")
-    # Finished checkpoints: nothing to train, and only the written fold is loaded.
-    assert "Resuming fold 1" in second and "Resuming fold 0" not in second and "epoch 1:" not in second
+    # Finished checkpoints: nothing to train, and only the written fold is loaded — not a resume.
+    assert "fold 1 was trained together with the other folds by an earlier train@ stage (2/2 epochs" in second
+    assert "Resuming" not in second and "Training" not in second and "fold 0" not in second
+    assert "epoch 1/2" not in second
     for fold in (0, 1):
         saved = [
             torch.load(tmp_path / f"{out}/models/fold{fold}/model.pt", weights_only=True) for out in ("all", "staged")

@@ -246,6 +246,7 @@ def test_stage_scripts_run_split_train_evaluate(tmp_path) -> None:
     assert curve["step"].tolist() == [1, 2]
     summary = json.loads((tmp_path / "live/fold0/metrics.json").read_text())
     assert summary["best_epoch"] in (1, 2)
+    assert summary["device"] == "cpu"  # what train.device resolved to, for the report's provenance
 
 
 @pytest.mark.parametrize(
