@@ -184,7 +184,7 @@ def test_report_command_writes_markdown_and_figures(project: Path, tmp_path: Pat
     head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=project, capture_output=True, text=True)
     provenance = text.split("## Provenance")[1].split("## Marks")[0]
     assert f"- **Baseline commit** `{head.stdout.strip()}` (" in provenance and "): tiny pipeline" in provenance
-    assert "- **Device**: `train.device=cpu` in every experiment." in provenance
+    assert "- **Device**: `train.device=cpu` → cpu in every experiment." in provenance  # as train recorded it
     assert "  - `train`: " in provenance and "`epochs=1`" in provenance and "`folds=[0, 1]`" in provenance
     assert "| Training-fold mean (trivial baseline) | " in text.split("## Table 2.")[0]
     assert text.count("| Training-fold mean (trivial baseline) | ") == 3  # Tables 1, 2 and 4
