@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +18,8 @@ from types import SimpleNamespace
 import dvc.api
 import pandas as pd
 import pytest
+
+from repo_copies import copy_working_tree, run
 
 pytestmark = pytest.mark.integration
 
@@ -36,26 +36,6 @@ PARAMS = {
 }
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """stdout of ``args``; on failure an AssertionError with the command's last output lines."""
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
-        raise AssertionError(f"`{' '.join(args)}` in {cwd} exited with {done.returncode}:\n{tail}")
-    return done.stdout
-
-
-def _copy_working_tree(dest: Path) -> None:
-    """Tracked and untracked, not ignored files of this repository (as they are now) into ``dest``."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-coz", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout
-    for name in filter(None, listed.split("\0")):
-        if (REPO / name).is_file():  # a tracked file deleted in the working tree is listed too
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-
-
 @pytest.fixture(scope="module")
 def machines(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("exp-remote")
@@ -70,27 +50,27 @@ def machines(tmp_path_factory) -> SimpleNamespace:
         "GIT_COMMITTER_EMAIL": "a@example.org",
     }
     dvc = str(BIN / "dvc")
-    _run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(origin)], root, env)
+    run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(origin)], root, env)
 
     # Machine A: the project with a shared DVC remote configured and committed, then one experiment.
     a.mkdir()
-    _copy_working_tree(a)
-    _run(["git", "init", "--quiet", "--initial-branch=main"], a, env)
-    _run([dvc, "remote", "add", "--default", "store", str(store)], a, env)
-    _run(["git", "add", "."], a, env)
-    _run(["git", "commit", "--quiet", "-m", "baseline"], a, env)
-    _run(["git", "remote", "add", "origin", str(origin)], a, env)
-    _run(["git", "push", "--quiet", "origin", "main"], a, env)
+    copy_working_tree(a)
+    run(["git", "init", "--quiet", "--initial-branch=main"], a, env)
+    run([dvc, "remote", "add", "--default", "store", str(store)], a, env)
+    run(["git", "add", "."], a, env)
+    run(["git", "commit", "--quiet", "-m", "baseline"], a, env)
+    run(["git", "remote", "add", "origin", str(origin)], a, env)
+    run(["git", "push", "--quiet", "origin", "main"], a, env)
     # The committed dvc.lock describes the 50-patient default; these params differ, so every stage runs.
     sets = [arg for key, value in PARAMS.items() for arg in ("-S", f"{key}={value}")]
     # The venv's nodule_net is an editable install of /work/main: put A's own copy first.
-    _run([dvc, "exp", "run", "--name", EXPERIMENT, *sets], a, env | {"PYTHONPATH": str(a)})
-    _run([dvc, "exp", "push", "origin", EXPERIMENT], a, env)
+    run([dvc, "exp", "run", "--name", EXPERIMENT, *sets], a, env | {"PYTHONPATH": str(a)})
+    run([dvc, "exp", "push", "origin", EXPERIMENT], a, env)
 
     # Machine B: a plain clone of the git remote; the DVC remote comes with .dvc/config.
-    _run(["git", "clone", "--quiet", str(origin), str(b)], root, env)
-    _run([dvc, "exp", "pull", "origin", EXPERIMENT], b, env)
-    shown = json.loads(_run([dvc, "exp", "show", "--json"], b, env))
+    run(["git", "clone", "--quiet", str(origin), str(b)], root, env)
+    run([dvc, "exp", "pull", "origin", EXPERIMENT], b, env)
+    shown = json.loads(run([dvc, "exp", "show", "--json"], b, env))
     (experiment,) = [
         rev
         for commit in shown

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +29,7 @@ import yaml
 
 from nodule_net.experiments import grid
 from nodule_net.experiments.records import pipeline_var
+from repo_copies import copy_working_tree, run
 from tools import slurm_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -62,25 +61,6 @@ def cluster(tmp_path_factory):
         yield running
     finally:
         slurm_cluster.stop(running)
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
-        raise AssertionError(f"`{' '.join(args)}` in {cwd} exited with {done.returncode}:\n{tail}")
-    return done.stdout
-
-
-def _copy_working_tree(dest: Path) -> None:
-    """Tracked and untracked, not ignored files of this repository (as they are now) into ``dest``."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-coz", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout
-    for name in filter(None, listed.split("\0")):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
 
 
 def _merge(tree: dict, changes: dict) -> dict:
@@ -116,7 +96,7 @@ def _submissions(folder: Path) -> list[dict]:
 
 
 def _experiments(repo: Path, env: dict[str, str]) -> dict[str, dict]:
-    shown = json.loads(_run([str(BIN / "dvc"), "exp", "show", "--json"], repo, env))
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], repo, env))
     return {
         rev["name"]: rev
         for commit in shown
@@ -140,21 +120,21 @@ def story(cluster, tmp_path_factory) -> SimpleNamespace:
         "GIT_COMMITTER_EMAIL": "slurm@example.org",
     }
     repo.mkdir()
-    _copy_working_tree(repo)
+    copy_working_tree(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
     gitignore = (repo / ".gitignore").read_text()
     if "/slurm/" not in gitignore.split():
         (repo / ".gitignore").write_text(gitignore + "/slurm/\n")
-    _run(["git", "init", "--quiet", "--initial-branch=main"], repo, env)
-    _run(["git", "add", "."], repo, env)
-    _run(["git", "commit", "--quiet", "-m", "tiny grid"], repo, env)
-    commit = _run(["git", "rev-parse", "HEAD"], repo, env).strip()
+    run(["git", "init", "--quiet", "--initial-branch=main"], repo, env)
+    run(["git", "add", "."], repo, env)
+    run(["git", "commit", "--quiet", "-m", "tiny grid"], repo, env)
+    commit = run(["git", "rev-parse", "HEAD"], repo, env).strip()
     folder = repo / "slurm" / commit[:12]
     submit = [sys.executable, "-m", "nodule_net.cli.main", "grid", "--slurm"]
 
-    first = _run([*submit, "--exp", *SUBMITTED, "--cpus-per-task=1"], repo, env)
-    bad = _run([*submit, "--exp", BAD, "-S", "train.device=cuda", "--cpus-per-task=1"], repo, env)
+    first = run([*submit, "--exp", *SUBMITTED, "--cpus-per-task=1"], repo, env)
+    bad = run([*submit, "--exp", BAD, "-S", "train.device=cuda", "--cpus-per-task=1"], repo, env)
     main, second = _submissions(folder)
     task = f"{main['job']}_{main['experiments'].index(REQUEUED)}"
     # Fold 0's checkpoint appears (renamed into place whole) when its first epoch is done: requeue then.
@@ -167,7 +147,7 @@ def story(cluster, tmp_path_factory) -> SimpleNamespace:
     # The same experiments locally, meanwhile (a clone with a cache of its own, one `dvc exp run` after
     # another), with the -S lists the grid gives them; not before the requeue: with
     # proctrack/linuxproc, a requeue once killed a local training process too.
-    _run(["git", "clone", "--quiet", str(repo), str(local)], root, env)
+    run(["git", "clone", "--quiet", str(repo), str(local)], root, env)
     local_env = env | {"PYTHONPATH": str(local), "OMP_NUM_THREADS": "1"}
     extra: list[str] = []
     chosen = grid.select_experiments(list(SUBMITTED))
@@ -176,21 +156,21 @@ def story(cluster, tmp_path_factory) -> SimpleNamespace:
         for e in chosen
     ]
     background = ThreadPoolExecutor(1)
-    local_runs = background.submit(lambda: [_run(command, local, local_env) for command in commands])
+    local_runs = background.submit(lambda: [run(command, local, local_env) for command in commands])
 
     _wait(
         lambda: not _active(cluster, [main["job"], second["job"], str(main["data_job"])]), "end of the grid", poll_s=2
     )
-    status_after_first = _run([*submit, "--status"], repo, env)
+    status_after_first = run([*submit, "--status"], repo, env)
 
-    again = _run([*submit, "--exp", *SUBMITTED, BAD, "--cpus-per-task=1"], repo, env)
+    again = run([*submit, "--exp", *SUBMITTED, BAD, "--cpus-per-task=1"], repo, env)
     third = _submissions(folder)[-1]
     _wait(lambda: not _active(cluster, [third["job"]]), "end of the resubmission", poll_s=2)
     local_runs.result(timeout=WAIT_S)
     background.shutdown()
-    status_at_end = _run([*submit, "--status"], repo, env)
+    status_at_end = run([*submit, "--status"], repo, env)
     report = root / "report"
-    _run([sys.executable, "-m", "nodule_net.cli.main", "report", "--out", str(report)], repo, env)
+    run([sys.executable, "-m", "nodule_net.cli.main", "report", "--out", str(report)], repo, env)
     return SimpleNamespace(
         repo=repo,
         folder=folder,
