@@ -65,3 +65,13 @@ def write_stage_inputs(folder: Path, train: dict) -> None:
     params["model"] |= {"variant": "sam"}
     params["train"] |= train
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def train_argv(out: str = ".", *extra: str) -> list[str]:
+    """pipeline/train.py's arguments on :func:`write_stage_inputs`'s files, its outputs (models,
+    checkpoints ``ckpt``, dvclive ``live``) under ``out``, then ``extra`` (e.g. ``--fold 1``)."""
+    outputs = [f"{out}/{name}" if out != "." else name for name in ("models", "ckpt", "live")]
+    return [
+        "--dataset", "nodules.h5", "--splits", "splits.json",
+        "--models", outputs[0], "--checkpoints", outputs[1], "--live", outputs[2], *extra,
+    ]  # fmt: skip

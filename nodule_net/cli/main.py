@@ -15,6 +15,7 @@ dispatches; each subcommand is a module of :mod:`nodule_net.cli` (``lidc-stats``
 from __future__ import annotations
 
 import argparse
+from importlib import import_module
 
 from nodule_net.cli.errors import user_errors_exit
 
@@ -136,30 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(sbatch)}")
     args.sbatch = sbatch
     # Each subcommand's module is imported only when it runs: torch, pydicom, pandas or pylidc load for it alone.
-    if args.command == "predict":
-        from nodule_net.cli import predict
-
-        predict.run(args)
-    elif args.command == "grid":
-        from nodule_net.cli import grid
-
-        grid.run(args)
-    elif args.command == "report":
-        from nodule_net.cli import report
-
-        report.run(args)
-    elif args.command == "bench":
-        from nodule_net.cli import bench
-
-        bench.run(args)
-    elif args.command == "lidc-stats":
-        from nodule_net.cli import lidc_stats
-
-        lidc_stats.run(args)
-    elif args.command == "mae-table":
-        from nodule_net.cli import mae_table
-
-        mae_table.run(args)
+    import_module(f"nodule_net.cli.{args.command.replace('-', '_')}").run(args)
 
 
 if __name__ == "__main__":

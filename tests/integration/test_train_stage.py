@@ -16,7 +16,7 @@ from nodule_net.config import load_params
 from nodule_net.io import files
 from nodule_net.io.store import read_dataset, write_dataset
 from nodule_net.model.net import NoduleNet
-from synthetic_nodules import write_stage_inputs
+from synthetic_nodules import train_argv, write_stage_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 Usage = namedtuple("Usage", "total used free")  # what shutil.disk_usage returns
@@ -35,23 +35,7 @@ def stage(tmp_path, monkeypatch, capsys):
     data = read_dataset(tmp_path / "nodules.h5")
     write_dataset(tmp_path / "nodules.h5", dataclasses.replace(data, attrs={"source": "phantom", "params": CROP}))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "train.py",
-            "--dataset",
-            "nodules.h5",
-            "--splits",
-            "splits.json",
-            "--models",
-            "models",
-            "--checkpoints",
-            "ckpt",
-            "--live",
-            "live",
-        ],
-    )
+    monkeypatch.setattr(sys, "argv", ["train.py", *train_argv()])
 
     def run() -> tuple[int, str]:
         try:

@@ -19,7 +19,7 @@ from nodule_net.model.net import NoduleNet
 from nodule_net.training.fit import fit
 from nodule_net.training.plan import folds_together
 from nodule_net.training.side_by_side import StackedAdam, fit_folds, stack_nodules
-from synthetic_nodules import TINY, make_dataset, write_stage_inputs
+from synthetic_nodules import TINY, make_dataset, train_argv, write_stage_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS_2D = ("none", "sam", "caam", "caam_ascmm", "full")
@@ -269,24 +269,7 @@ def test_train_folds_script_writes_what_train_stages_write(tmp_path, monkeypatch
 
     def run(out: str, *fold: str) -> str:
         # In this process (a subprocess would spend most of its time importing torch).
-        monkeypatch.setattr(
-            sys,
-            "argv",
-            [
-                "train.py",
-                "--dataset",
-                "nodules.h5",
-                "--splits",
-                "splits.json",
-                "--models",
-                f"{out}/models",
-                "--checkpoints",
-                f"{out}/ckpt",
-                "--live",
-                f"{out}/live",
-                *fold,
-            ],
-        )
+        monkeypatch.setattr(sys, "argv", ["train.py", *train_argv(out, *fold)])
         runpy.run_path(str(REPO / "pipeline/train.py"), run_name="__main__")
         return capsys.readouterr().out
 

@@ -29,7 +29,7 @@ from nodule_net.model.net import ModelOutput, NoduleNet
 from nodule_net.training.fingerprint import TRAINING_CODE, fingerprint, run_settings, training_code_digest
 from nodule_net.training.fit import fit, save_model, train_step
 from nodule_net.training.run import make_optimizer
-from synthetic_nodules import TINY, make_dataset
+from synthetic_nodules import TINY, make_dataset, train_argv
 
 REPO = Path(__file__).resolve().parents[2]
 ATTRIBUTE_KEYS = (*ATTRIBUTES, "mean")
@@ -211,21 +211,7 @@ def test_stage_scripts_run_split_train_evaluate(tmp_path) -> None:
 
     run("split.py", "--dataset", "nodules.h5", "--out", "splits.json")
     for fold in ("0", "1"):
-        run(
-            "train.py",
-            "--dataset",
-            "nodules.h5",
-            "--splits",
-            "splits.json",
-            "--fold",
-            fold,
-            "--models",
-            "models",
-            "--checkpoints",
-            "ckpt",
-            "--live",
-            "live",
-        )
+        run("train.py", *train_argv(".", "--fold", fold))
     run(
         "evaluate.py",
         "--dataset",
