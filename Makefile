@@ -55,16 +55,23 @@ system-packages:
 	fi
 
 # The main job: the whole DVC pipeline on the embedded phantom. Stage commands call
-# `python`, so the venv goes first on PATH (as after `source .venv/bin/activate`).
+# `python`, so the venv goes first on PATH (as after `source .venv/bin/activate`). params.yaml is
+# checked first: DVC reads it into dvc.yaml before any stage runs, and its messages (`folds: 5`,
+# an empty file) never name the key; check-params's one line does (docs/parameters.md).
 repro: install
+	$(BIN)/nodule-net check-params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# The suite over every core (pytest-xdist), a test file per worker at a time (tests/conftest.py puts each
+# file in an xdist group, the Slurm files in one), so that a module's fixtures (a DVC repository,
+# trained folds) are built once; tests/conftest.py also starts the slowest files first.
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The unit tests alone (no DVC, no stage subprocess, nothing over about a second): under a minute.
 test-unit: install
-	$(BIN)/python -m pytest -q -m "not slow and not integration"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not integration"
 
 # ruff and mypy, pinned in the `test` extra and configured in pyproject.toml (CI runs this first).
 lint: $(BIN)/.installed

@@ -536,6 +536,11 @@ def validate_params(raw: Any, path: str | Path = "params.yaml") -> Params:
     not go together (``model.malignancy: classify`` with another ``model.attribute``).
     """
     path = Path(path)
+    if raw is None:  # an empty file (or comments only): DVC's own message would name a key of dvc.yaml
+        raise ValueError(
+            f"{path} is empty, but it must hold the params (every key of docs/parameters.md); "
+            f"restore it (`git checkout {path}`)."
+        )
     if not isinstance(raw, dict):
         raise ValueError(f"{path} must be a mapping of params (`key: value` lines), got {type(raw).__name__}.")
     leaves = _leaves(path, raw)
@@ -588,13 +593,18 @@ def read_params_file(path: str | Path = "params.yaml") -> Any:
     For what must see the file's own keys (whether one is present at all); everything else
     takes :func:`load_params`'s :class:`Params`.
     """
-    with open(path) as f:
-        try:
-            return read_yaml(f)
-        except yaml.YAMLError as err:
-            where = getattr(err, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where is not None else ""
-            raise ValueError(f"{path}: not valid YAML{line} ({getattr(err, 'problem', None) or err}).") from None
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: no such params file; run in the repository root (which holds params.yaml) or name the file."
+        ) from None
+    try:
+        return read_yaml(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"{path}: not valid YAML{line} ({getattr(err, 'problem', None) or err}).") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -116,7 +116,9 @@ def main() -> None:
                 live.log_metric("val_mae", record.val_mae)
                 live.next_step()
 
-        results = train_folds(data, fold_parts, model_config, train_config, plan, checkpoints, on_epoch=log)
+        results = train_folds(
+            data, fold_parts, model_config, train_config, plan, checkpoints, on_epoch=log, dataset_path=args.dataset
+        )
         for k in written:
             lives[k].summary["best_epoch"] = results[k].best_epoch
             lives[k].summary["best_val_mae"] = results[k].best_val_mae

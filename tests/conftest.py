@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +15,52 @@ from nodule_net.data.phantom import build_phantom
 
 # Small real LIDC cases: 0001 has one nodule over 8 slices, 0003 has four small ones.
 TINY_PATIENTS = ["LIDC-IDRI-0001", "LIDC-IDRI-0003"]
+
+# The files that take longest (`pytest --durations`), longest first. `make test` hands whole groups of
+# tests to its workers in collection order (pytest-xdist's loadgroup; a group is a file, see below), so
+# these start first and the many short files fill the other workers meanwhile, instead of one long
+# file starting last and running alone.
+LONGEST_FIRST = (
+    "integration/test_slurm_cluster.py",  # the Slurm group's short file, then its long one
+    "integration/test_slurm_grid.py",
+    "experiments/test_report.py",
+    "integration/test_exp_remote.py",
+    "runtime/test_parent_kills.py",
+    "training/test_train.py",
+    "training/test_fold_processes.py",
+    "test_config.py",
+    "tools/test_gpu_check.py",
+    "integration/test_dvc_runcache.py",
+    "experiments/test_grid.py",
+)
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, each worker's share of the cores for torch, here and in the processes its
+    tests start: two workers of two threads each on two cores would spin on each other's cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests of the LONGEST_FIRST files first, in that order (every other test keeps its place after
+    them), and each test in the pytest-xdist group of its file unless its module names another.
+
+    A group runs whole on one worker, so a module's fixtures are built once; the files that start a
+    private Slurm share one group (``slurm``), so two clusters never run at once.
+    """
+    tests = Path(__file__).resolve().parent
+
+    def name(item) -> str:
+        return Path(str(item.path)).resolve().relative_to(tests).as_posix() if item.path else item.nodeid
+
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(name(item)))
+    items.sort(key=lambda item: LONGEST_FIRST.index(n) if (n := name(item)) in LONGEST_FIRST else len(LONGEST_FIRST))
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +80,18 @@ def tiny_scans():
 def tiny_extracted(tiny_phantom, tiny_scans):
     """(dataset, stats) extracted from the tiny phantom."""
     return extract(tiny_phantom, tiny_scans, ExtractConfig(), source="phantom", workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def experiment_repo(tmp_path_factory) -> Path:
+    """One git + DVC repository with two finished experiments (tests/repo_copies.py), for every test
+    that reads experiments: built once, so its modules share an xdist group (``experiments``) and
+    only read it (a test that changes a repository makes its own)."""
+    import sys
+
+    from repo_copies import build_experiment_repo
+
+    return build_experiment_repo(tmp_path_factory.mktemp("experiments"), Path(sys.executable))
 
 
 @pytest.fixture(scope="module")

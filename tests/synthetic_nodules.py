@@ -51,11 +51,11 @@ def make_dataset(
     )
 
 
-def write_stage_inputs(folder: Path, train: dict) -> None:
-    """What the train stage reads, in ``folder``: 12 tiny nodules (``nodules.h5``), 2 folds
+def write_stage_inputs(folder: Path, train: dict, size: int = 16) -> None:
+    """What the train stage reads, in ``folder``: 12 tiny nodules of ``size``² px (``nodules.h5``), 2 folds
     (``splits.json``) and ``params.yaml`` (the repository's, folds [0, 1], the ``sam`` variant,
     ``train`` updated with ``train``)."""
-    data = make_dataset(n_nodules=12, size=16, max_depth=3, seed=2)
+    data = make_dataset(n_nodules=12, size=size, max_depth=3, seed=2)
     write_dataset(folder / "nodules.h5", data)
     write_splits(
         folder / "splits.json", kfold_split(data.nodule_id, data.patient_id, n_folds=2, seed=0, val_fraction=0.2)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import fnmatch
 import importlib.util
+import io
 import re
 from pathlib import Path
 
@@ -185,3 +187,50 @@ def test_readme_layout_names_every_subpackage_and_module() -> None:
         elif relative.parent.name != "cli" and not re.search(rf"\b{path.stem}\b", layout):
             missing.append(relative.as_posix())  # cli/ holds one module per subcommand, said once
     assert not missing, f"README's layout does not mention {missing}"
+
+
+# `nodule-net …` in the docs' code: a command of a fenced block (at a line's start or after `&&`, `;`, `|`,
+# `(`; up to a comment), or an inline code span.
+FENCED_COMMAND = re.compile(r"(?:^[ \t]*|(?:&&|;|\||\()[ \t]*)nodule-net ([^\n#`]*)", re.MULTILINE)
+INLINE_COMMAND = re.compile(r"`nodule-net ([^`]*)`")
+OPTION = re.compile(r"^--?[A-Za-z][\w-]*")
+
+
+def _help(argv: list[str]) -> str:
+    """What ``nodule-net ARGV --help`` prints (argparse's usage and options)."""
+    from nodule_net.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return out.getvalue()
+
+
+def _options(help_text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_every_nodule_net_command_shown_has_that_subcommand_and_those_options(page: Path) -> None:
+    """The commands the docs show run as written: a real subcommand, and only options its --help lists
+    (`grid --slurm` passes the others to sbatch). Placeholders (SUB, …) are not checked."""
+    text = page.read_text()
+    commands = [m for block in FENCE.findall(text) for m in FENCED_COMMAND.findall(block)]
+    commands += INLINE_COMMAND.findall(FENCE.sub("", text))
+    top = _help([])
+    subcommands = set(re.search(r"\{([a-z,-]+)\}", top)[1].split(","))
+    wrong = []
+    for command in commands:
+        tokens = re.split(r"\s+(?:\||&&|>|;).*", command.strip())[0].split()
+        if not tokens or tokens[0].isupper() or tokens[0] == "…":
+            continue
+        sub = tokens[0] if not tokens[0].startswith("-") else None
+        if sub is not None and sub not in subcommands:
+            wrong.append(f"nodule-net {command.strip()}: no subcommand {sub}")
+            continue
+        known = _options(_help([sub] if sub else []))
+        for token in tokens[1:] if sub else tokens:
+            name = token.split("=")[0]
+            if OPTION.match(token) and name not in known and not (sub == "grid" and "--slurm" in tokens):
+                wrong.append(f"nodule-net {command.strip()}: {sub or 'nodule-net'} has no option {name}")
+    assert not wrong, f"{page.name}: {wrong}"

@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class Cluster:
 
     root: Path
     env: dict[str, str]  # os.environ plus SLURM_CONF and the daemons' folder on PATH
+    sockets: Path  # a short folder for the Unix sockets (see start), removed by stop
     daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -98,9 +100,11 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def slurm_conf(root: Path, ports: list[int], cpus: int = CPUS) -> str:
-    """The whole slurm.conf of a one-node cluster whose files all live under ``root``."""
+def slurm_conf(root: Path, ports: list[int], cpus: int = CPUS, sockets: Path | None = None) -> str:
+    """The whole slurm.conf of a one-node cluster whose files all live under ``root``, its Unix
+    sockets (munged's, slurmd's spool) under ``sockets`` (default: ``root`` too)."""
     ctld_port, slurmd_port = ports
+    sockets = root if sockets is None else sockets
     return f"""\
 # A private one-node Slurm for tests (tools/slurm_cluster.py); every file under {root}.
 ClusterName=nodule-net-test
@@ -109,10 +113,10 @@ SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge/munge.socket
+AuthInfo=socket={sockets}/munge/munge.socket
 SlurmUser={_user()}
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={sockets}/spool
 SlurmctldPidFile={root}/slurmctld.pid
 SlurmdPidFile={root}/slurmd.pid
 SlurmctldLogFile={root}/log/slurmctld.log
@@ -175,17 +179,23 @@ def start(root: str | os.PathLike, cpus: int = CPUS) -> Cluster:
     if (reason := unavailable_reason()) is not None:
         raise ClusterUnavailable(reason)
     root = Path(root).resolve()
-    for folder in ("munge", "state", "spool", "log"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    (root / "munge").chmod(0o700)  # munged refuses a key or socket folder others can write to
+    # A Unix socket's path has at most 107 bytes, and slurmd names a job step's socket
+    # <spool>/<node>_<job>.<step> (~25 bytes): under a deep ``root`` (pytest-xdist's tmp_path)
+    # the steps cannot start, and the jobs are requeued for ever. The sockets live in /tmp.
+    sockets = Path(tempfile.mkdtemp(prefix="nn-slurm-"))
+    for folder in (root / "munge", root / "state", root / "log", sockets / "munge", sockets / "spool"):
+        folder.mkdir(parents=True, exist_ok=True)
+    for folder in (root / "munge", sockets / "munge"):
+        folder.chmod(0o700)  # munged refuses a key or socket folder others can write to
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o600)
     (root / "plugstack.conf").write_text("")
-    (root / "slurm.conf").write_text(slurm_conf(root, _free_ports(2), cpus))
+    (root / "slurm.conf").write_text(slurm_conf(root, _free_ports(2), cpus, sockets))
     env = os.environ | {"SLURM_CONF": str(root / "slurm.conf"), "PATH": SEARCH_PATH}
-    cluster = Cluster(root, env)
+    cluster = Cluster(root, env, sockets)
     munge = root / "munge"
+    socket = sockets / "munge" / "munge.socket"
     try:
         _start(
             cluster,
@@ -194,14 +204,14 @@ def start(root: str | os.PathLike, cpus: int = CPUS) -> Cluster:
                 "munged",
                 "--foreground",
                 "--force",  # as root, and with a socket folder only root can enter
-                f"--socket={munge}/munge.socket",
+                f"--socket={socket}",
                 f"--key-file={key}",
                 f"--pid-file={munge}/munged.pid",
                 f"--log-file={munge}/munged.log",
                 f"--seed-file={munge}/munged.seed",
             ],
         )
-        _wait(lambda: (munge / "munge.socket").exists(), cluster, "munged's socket")
+        _wait(socket.exists, cluster, "munged's socket")
         _start(cluster, "slurmctld", ["slurmctld", "-D", "-f", str(cluster.conf)])
         _start(cluster, "slurmd", ["slurmd", "-D", "-f", str(cluster.conf), "-N", NODE])
         idle = lambda: cluster.run("sinfo", "-h", "-o", "%T", check=False).stdout.strip() == "idle"  # noqa: E731
@@ -242,6 +252,7 @@ def stop(cluster: Cluster, timeout_s: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    shutil.rmtree(cluster.sockets, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

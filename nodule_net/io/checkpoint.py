@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from nodule_net.io.files import atomic_path
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 # What a write that failed for want of room says, by errno (the stages print it in one line).
@@ -67,7 +67,6 @@ class Checkpoint(TypedDict):
     epoch: int  # epochs done, 1-based
     model: dict[str, torch.Tensor]  # the weights after that epoch
     optimizer: dict  # torch.optim.Adam's state_dict
-    torch_rng: torch.Tensor  # torch's CPU generator state after the fold's initialisation
     best_model: dict[str, torch.Tensor] | None  # the selected weights so far
     best_epoch: int  # 1-based; 0 before any epoch
     best_val_mae: float

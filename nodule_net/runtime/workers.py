@@ -1,19 +1,32 @@
 """Process pools for the stages that render or read many scans in parallel.
 
 A :class:`ProcessPool` is a ``spawn`` :class:`concurrent.futures.ProcessPoolExecutor` with
-two things added: Ctrl-C is left to the parent, and a worker that dies (``kill -9``, the
+three things added: Ctrl-C is left to the parent, a worker that dies (``kill -9``, the
 out-of-memory killer, a crash in C code) ends the stage with one line naming the item it
-was working on. ``multiprocessing.Pool`` silently replaces a dead worker and never
-resubmits its task, so its results were awaited forever; the executor notices the dead
-process at once (``BrokenProcessPool``) and stops the other workers.
+was working on, and the workers die with their parent. ``multiprocessing.Pool`` silently
+replaces a dead worker and never resubmits its task, so its results were awaited forever;
+the executor notices the dead process at once (``BrokenProcessPool``) and stops the other
+workers.
+
+A parent killed outright (``kill -9``, the out-of-memory killer) cannot stop its workers,
+which would otherwise go on for ever: each worker asks Linux for SIGKILL when its parent
+dies (``PR_SET_PDEATHSIG``) and, where that is not available or the parent died before the
+worker asked, a thread of its own watches the parent's pid (:func:`_die_with_parent`).
+
+Whatever a worker is sent at start-up goes through a pipe that the parent writes while
+it starts the process; a worker killed then must not leave the parent blocked on a full
+pipe, so an initializer's arguments stay small (a path, a few numbers), never a dataset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -24,6 +37,13 @@ from typing import Any, cast
 POLL_S = 0.2
 # How long a terminated worker may take to go before it is killed, in seconds.
 TERMINATE_S = 10.0
+# How often a worker's thread looks whether its parent is still alive, in seconds.
+PARENT_WATCH_S = 1.0
+# prctl(2)'s option "signal me when my parent dies" (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+# multiprocessing's resource tracker outlives a parent killed outright, frees the pool's semaphores
+# and then warns about them, after the shell prompt is back. It gets the parent's -W options.
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
 
 class WorkerDied(ValueError):
@@ -41,13 +61,57 @@ _slots: MutableSequence[int] | None = None
 _slot = -1
 
 
-def _start_worker(slots, initializer: Callable[..., None] | None, *initargs: object) -> None:
-    """Worker initializer: ignore SIGINT, claim a slot, then run the caller's ``initializer(*initargs)``.
+def _ask_for_sigkill_at_parent_death() -> bool:
+    """``prctl(PR_SET_PDEATHSIG, SIGKILL)``: Linux kills this process when the thread that started it ends.
 
-    Ctrl-C reaches the whole process group, but only the parent should act on it.
+    Pools are started from the main thread, so that thread's end is the parent's. False
+    where the call is not available (not Linux, no libc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker within ``PARENT_WATCH_S`` of the death of ``parent``, its parent's pid.
+
+    PR_SET_PDEATHSIG where Linux has it; a daemon thread that polls ``os.getppid()`` (an
+    orphan is handed to init or a subreaper, so the pid changes) covers every other case,
+    including a parent that died before this worker got here. The worker ends as a SIGKILL
+    would end it: it holds nothing that a clean exit would save (checkpoints and outputs
+    are written atomically), and an orphan has nobody to report to.
+    """
+    _ask_for_sigkill_at_parent_death()
+
+    def orphaned() -> bool:
+        return os.getppid() != parent
+
+    if orphaned():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        while not orphaned():
+            time.sleep(PARENT_WATCH_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _start_worker(slots, parent: int, initializer: Callable[..., None] | None, *initargs: object) -> None:
+    """Worker initializer: ignore SIGINT, die with ``parent``, claim a slot, then run ``initializer(*initargs)``.
+
+    Ctrl-C reaches the whole process group, but only the parent should act on it. The
+    worker was started with SIGINT blocked (:func:`_sigint_blocked`); ignored first, then
+    unblocked, a Ctrl-C that came meanwhile is dropped.
     """
     global _slots, _slot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _die_with_parent(parent)
     with slots.get_lock():
         _slots = slots.get_obj()
         _slot = next(k for k in range(0, len(_slots), 2) if _slots[k] == 0)
@@ -67,20 +131,31 @@ def _run_chunk(fn: Callable[[Any], Any], first: int, chunk: list) -> list:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored meanwhile, so that processes spawned now inherit that (only the main thread may set it).
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread meanwhile, so that processes spawned now start with it blocked.
 
     A worker still importing (before any initializer runs) would otherwise die of a Ctrl-C
-    with a traceback of its own.
+    with a traceback of its own; a blocked signal waits, and the worker ignores it once
+    it can (:func:`_start_worker`). This process still acts on a Ctrl-C at once: Python runs
+    its handler in the main thread whichever thread the signal reached, and a Ctrl-C held
+    back here is delivered when the block ends.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def spawn_context() -> Any:
+    """multiprocessing's ``spawn`` context, for the pools and for anything shared with their workers.
+
+    Use it before creating a lock or queue for them: the first one starts the resource tracker,
+    which is told here not to warn about what a parent killed outright left it to free.
+    """
+    if _QUIET_TRACKER not in sys.warnoptions:
+        sys.warnoptions.append(_QUIET_TRACKER)
+    return get_context("spawn")
 
 
 def _how_it_ended(exitcode: int | None) -> str:
@@ -106,10 +181,13 @@ class ProcessPool:
     def __init__(
         self, workers: int, initializer: Callable[..., None] | None, initargs: tuple, stage: str, resume: str
     ) -> None:
-        context = get_context("spawn")
+        context = spawn_context()
         self._slots = context.Array("q", 2 * workers)  # per worker: pid, 1 + index of its item (0: none yet)
         self._executor = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_start_worker, initargs=(self._slots, initializer, *initargs)
+            workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(self._slots, os.getpid(), initializer, *initargs),
         )
         self._processes: dict[int, Any] = {}  # pid → multiprocessing.Process, every worker ever started
         self._numbered = 0  # items of earlier imap calls: the slots number the items of all of them
@@ -142,7 +220,7 @@ class ProcessPool:
         items, base = list(items), self._numbered
         self._numbered += len(items)
         futures: list[Future] = []
-        with _sigint_ignored():  # submit starts the workers
+        with _sigint_blocked():  # submit starts the workers
             for first in range(0, len(items), chunksize):
                 try:
                     futures.append(

@@ -22,9 +22,8 @@ from nodule_net.io.checkpoint import save_model as save_model_file
 from nodule_net.io.store import NoduleDataset
 from nodule_net.model.loss import loss_fn
 from nodule_net.model.net import NoduleNet
-from nodule_net.runtime.device import resolve_device
 from nodule_net.runtime.progress import with_heartbeat
-from nodule_net.training.run import EpochRecord, FitResult, FoldRun, check_precision, epoch_rng, forward_at
+from nodule_net.training.run import EpochRecord, FitResult, FoldRun, epoch_rng, forward_at
 
 
 class NonFiniteLoss(ValueError):
@@ -87,20 +86,19 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
     progress_bar: bool = True,
-    device: torch.device | None = None,
+    *,
+    device: torch.device,
 ) -> FitResult:
     """Train on ``parts["train"]``, select the epoch by MAE on ``parts["val"]``, on ``device``.
 
-    ``device``: the training plan's (:class:`nodule_net.training.plan.TrainingPlan`); None
-    resolves ``train_config.device`` here, for a caller without a plan.
+    ``device``: the training plan's (:class:`nodule_net.training.plan.TrainingPlan`), which
+    resolved ``train.device`` and checked that it can train at ``train.precision``.
     ``on_epoch`` is called once per epoch in order — including, on resumption, for the
     epochs the checkpoint already holds, so loggers can rebuild complete curves.
     ``progress``: a line per epoch (``fold k epoch e/E``, the elapsed time and an estimate of
     what is left), and a progress bar on a terminal unless ``progress_bar`` is False — without
     the bar, a line every :data:`~nodule_net.runtime.progress.HEARTBEAT_S` seconds within an epoch.
     """
-    device = device if device is not None else resolve_device(train_config.device)
-    check_precision(train_config.precision, device)
     run = FoldRun(data, parts, model_config, train_config, fold, device, checkpoint_path)
     run.replay(on_epoch)
     n_batches = -(-len(parts["train"]) // train_config.batch_nodules)

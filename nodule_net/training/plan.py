@@ -24,7 +24,7 @@ from nodule_net.io.store import NoduleDataset
 from nodule_net.runtime.device import resolve_device
 from nodule_net.training.fit import fit
 from nodule_net.training.processes import FoldProcesses, fit_in_processes, unfinished_folds
-from nodule_net.training.run import EpochRecord, FitResult
+from nodule_net.training.run import EpochRecord, FitResult, check_precision
 from nodule_net.training.side_by_side import fit_folds
 
 ENGINES = ("side_by_side", "processes", "sequential")
@@ -36,12 +36,11 @@ def folds_together(setting: str | bool, device: torch.device, batch_nodules: int
     ``auto`` → side by side on a CUDA GPU with one nodule per step; one fold after another
     on a CPU, which is compute-bound, so side by side brings nothing there, and with
     ``train.batch_nodules`` > 1 (a different-semantics option side by side does not do).
+    ``setting`` is auto, true or false: :class:`~nodule_net.config.TrainConfig` allows nothing else.
     """
     if setting == "auto":
         return device.type == "cuda" and batch_nodules == 1
-    if not isinstance(setting, bool):
-        raise ValueError(f"train.folds_together={setting!r} must be auto, true or false.")
-    return setting
+    return bool(setting)
 
 
 def fold_processes(setting: str | int, device: torch.device, n_folds: int, threads: int) -> FoldProcesses:
@@ -50,18 +49,17 @@ def fold_processes(setting: str | int, device: torch.device, n_folds: int, threa
     ``threads`` is the intra-op thread budget (``torch.get_num_threads()``), shared evenly,
     at least one each. On a GPU the folds stay in this process (side by side or one after
     another); an explicit count > 1 there is an error, since the processes would share one card.
+    ``setting`` is auto or a whole number ≥ 1: :class:`~nodule_net.config.TrainConfig` allows nothing else.
     """
     if setting == "auto":
         processes = n_folds if device.type == "cpu" and threads >= 2 else 1
-    elif isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-        raise ValueError(f"train.fold_processes={setting!r} must be auto or a whole number ≥ 1.")
-    elif setting > 1 and device.type != "cpu":
+    elif int(setting) > 1 and device.type != "cpu":
         raise ValueError(
             f"train.fold_processes={setting} applies to CPU training; on {device} set it to auto or 1 "
             "(train.folds_together trains the folds side by side on a GPU)."
         )
     else:
-        processes = setting
+        processes = int(setting)
     processes = max(1, min(processes, n_folds))
     return FoldProcesses(processes, max(1, threads // processes) if processes > 1 else threads)
 
@@ -102,6 +100,7 @@ class TrainingPlan:
         folds = tuple(folds)
         written = folds if written is None else tuple(fold for fold in folds if fold in written)
         device = resolve_device(train_config.device)
+        check_precision(train_config.precision, device)
         threads = torch.get_num_threads()
         if folds_together(train_config.folds_together, device, train_config.batch_nodules):
             engine = "side_by_side"
@@ -168,6 +167,7 @@ def train_folds(
     checkpoint_paths: Mapping[int, str | os.PathLike] | None = None,
     on_epoch: Callable[[int, EpochRecord], None] | None = None,
     progress: bool = True,
+    dataset_path: str | os.PathLike | None = None,
 ) -> dict[int, FitResult]:
     """The results of ``plan.written`` (each fold's parts in ``fold_parts``), as ``plan`` trains
     them: side by side (:func:`fit_folds`), in one process per fold (:func:`fit_in_processes`)
@@ -175,6 +175,8 @@ def train_folds(
 
     ``plan`` None: resolved here for every fold of ``fold_parts`` (a caller that is not a stage).
     ``on_epoch(fold, record)``: once per fold and epoch, as each engine documents.
+    ``dataset_path``: the file ``data`` was read from, for fold processes to read (None: they
+    get a temporary copy).
     """
     if plan is None:
         plan = TrainingPlan.for_checkpoints(data, fold_parts, model_config, train_config, checkpoint_paths)
@@ -203,6 +205,7 @@ def train_folds(
             plan.pool,
             plan.device,
             on_epoch,
+            dataset_path,
         )
     for fold in run:  # the rest one after another; finished folds only load
         if fold not in results:

@@ -187,9 +187,8 @@ class FoldRun:
         self.targets = targets_for(data, model_config.attribute)  # (N, K) normalised, every nodule of data
         self.model_config, self.train_config = model_config, train_config
         self.mean, self.std = normalisation_stats(data, parts["train"])
+        # Training draws nothing from torch's generator (no dropout), so a checkpoint need not hold its state.
         self.model = init_model(model_config, train_config.seed, fold)
-        # Training draws nothing from torch's generator (no dropout): its state stays this one.
-        self.torch_rng = torch.get_rng_state()
         self.model.to(device)
         self.optimizer = make_optimizer(self.model.parameters(), train_config, device)
         # Normalised once and kept on the device for the whole run (nodule_net.data.batches).
@@ -204,7 +203,6 @@ class FoldRun:
         if (ckpt := load_checkpoint(self.path, self.run_id, train_config.epochs, device)) is not None:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.torch_rng = ckpt["torch_rng"].cpu()
             self.start, self.best_state = ckpt["epoch"], ckpt["best_model"]
             self.best_epoch, self.best_mae = ckpt["best_epoch"], ckpt["best_val_mae"]
             self.history = [EpochRecord(*r) for r in ckpt["history"]]
@@ -289,7 +287,6 @@ class FoldRun:
             epoch=epoch,
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
-            torch_rng=self.torch_rng,
             best_model=self.best_state,
             best_epoch=self.best_epoch,
             best_val_mae=self.best_mae,

@@ -42,9 +42,8 @@ from nodule_net.data.batches import Batch, iterate_resident
 from nodule_net.io.store import NoduleDataset
 from nodule_net.model.loss import loss_fn
 from nodule_net.model.net import ModelOutput, NoduleNet
-from nodule_net.runtime.device import resolve_device
 from nodule_net.runtime.progress import EpochClock, progress_line, with_heartbeat
-from nodule_net.training.run import EpochRecord, FitResult, FoldRun, check_precision, epoch_rng, forward_at
+from nodule_net.training.run import EpochRecord, FitResult, FoldRun, epoch_rng, forward_at
 
 # Validation packs nodules (same outputs as one at a time, tests/training/test_train.py), so it
 # stays a small share of an epoch's launches; 8 keeps a `3d` batch of 64-slice volumes small.
@@ -254,12 +253,13 @@ def fit_folds(
     checkpoint_paths: Mapping[int, str | os.PathLike] | None = None,
     on_epoch: Callable[[int, EpochRecord], None] | None = None,
     progress: bool = True,
-    device: torch.device | None = None,
+    *,
+    device: torch.device,
 ) -> dict[int, FitResult]:
     """``fit`` for every fold of ``fold_parts`` ({fold: parts}), the folds stepped side by side on ``device``.
 
-    ``device``: the training plan's; None resolves ``train_config.device`` here, for a caller
-    without a plan. Each result equals ``fit(data, fold_parts[f], model_config, train_config,
+    ``device``: the training plan's, which resolved ``train.device`` and checked its precision.
+    Each result equals ``fit(data, fold_parts[f], model_config, train_config,
     f, checkpoint_paths[f])`` within float tolerance. ``on_epoch(fold, record)`` is called
     once per fold and epoch, in epoch order for each fold, after that epoch's checkpoints
     are written — on resumption first for the epochs the checkpoints already hold.
@@ -273,8 +273,6 @@ def fit_folds(
         )
     if not fold_parts:
         raise ValueError("No folds to train; check the params' `folds`.")
-    device = device if device is not None else resolve_device(train_config.device)
-    check_precision(train_config.precision, device)
     paths = checkpoint_paths or {}
     runs = [
         FoldRun(data, parts, model_config, train_config, k, device, paths.get(k)) for k, parts in fold_parts.items()

@@ -1,15 +1,26 @@
 """Every `nodule-net` subcommand through the dispatcher: output and exit codes."""
 
 import json
+import re
 import subprocess
 import sys
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nodule_net.attributes import ATTRIBUTES
-from nodule_net.cli.main import main
+from nodule_net.cli.main import build_parser, main
 from nodule_net.data.lidc_stats import lidc_stats
+
+REPO = Path(__file__).resolve().parents[2]
+# One module of nodule_net/cli per subcommand (the dispatcher imports it by name), besides these.
+SUBCOMMANDS = sorted(
+    p.stem.replace("_", "-")
+    for p in (REPO / "nodule_net" / "cli").glob("*.py")
+    if p.stem not in ("__init__", "main", "errors")
+)
 
 
 @pytest.mark.slow
@@ -83,3 +94,76 @@ def test_lidc_stats_names_the_rating_outside_its_scale_and_the_nodule_extract_le
     out = capsys.readouterr().out
     assert "annotation 3761 rates internal_structure 5, outside 1–4" in out
     assert "nodules without a valid rating of some attribute (extract leaves them out): 1" in out
+
+
+@pytest.fixture()
+def other_checkout(tmp_path: Path, monkeypatch) -> Path:
+    """The current folder inside another nodule-net checkout (a package folder and a dvc.yaml), not this one."""
+    (tmp_path / "nodule_net").mkdir()
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    return tmp_path
+
+
+def _exit(argv: list[str]) -> int | str | None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    return exited.value.code
+
+
+def _foreign(checkout: Path) -> str:
+    return (
+        f"{checkout} is a nodule-net checkout, but this command imported nodule_net from {REPO / 'nodule_net'}; "
+        f"run `pip install -e .` in {checkout} (or use that clone's own venv), then re-run."
+    )
+
+
+def test_the_subcommands_are_the_cli_modules() -> None:
+    """The dispatcher's scheme: `nodule-net SUB` imports nodule_net/cli/SUB.py; no module without a parser entry."""
+    listed = re.search(r"\{([a-z,-]+)\}", build_parser().format_usage())
+    assert listed is not None and sorted(listed[1].split(",")) == SUBCOMMANDS
+    assert "check-params" in SUBCOMMANDS
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], *([sub, "--help"] for sub in SUBCOMMANDS)], ids=" ".join)
+def test_help_works_inside_another_checkout(other_checkout: Path, capsys, argv: list[str]) -> None:
+    assert _exit(argv) == 0
+    out, err = capsys.readouterr()
+    sub = argv[0] if argv[0] in SUBCOMMANDS else None
+    assert out.startswith(f"usage: nodule-net {sub} [-h]" if sub else "usage: nodule-net [-h] [--version]")
+    if sub is None:
+        assert all(name in out for name in SUBCOMMANDS)
+    # Said on stderr: the help is the installed package's, which may not be this checkout's.
+    assert err.splitlines() == [f"note: {_foreign(other_checkout)}"]
+
+
+def test_version_works_anywhere_and_names_the_package(other_checkout: Path, capsys) -> None:
+    assert _exit(["--version"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"nodule-net {metadata.version('nodule-net')} from {REPO / 'nodule_net'}\n"
+    assert err.splitlines() == [f"note: {_foreign(other_checkout)}"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["mae-table", "missing.json"], ["check-params"], ["report", "--bogus"], ["no-such-command"], []],
+    ids=["mae-table", "check-params", "bad_option", "bad_command", "no_command"],
+)
+def test_commands_are_still_refused_inside_another_checkout(other_checkout: Path, capsys, argv: list[str]) -> None:
+    """Before argparse too: the other checkout's commands and options may differ from the installed package's."""
+    assert _exit(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: {_foreign(other_checkout)}"]
+
+
+def test_help_and_usage_errors_in_this_checkout(capsys) -> None:
+    """In its own checkout: help without a note; a usage error is argparse's usage and one line, exit 2,
+    printed once (the unguarded first pass stays silent)."""
+    assert _exit(["report", "--help"]) == 0
+    assert capsys.readouterr().err == ""
+    assert _exit(["report", "--exp"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("usage:")] == [err[0]]
+    assert err[0].startswith("usage: nodule-net report") and err[-1] == (
+        "nodule-net report: error: argument --exp: expected at least one argument"
+    )

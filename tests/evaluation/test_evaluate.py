@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
@@ -94,6 +95,7 @@ def run_evaluate(tmp_path: Path, variant: str, malignancy: str = "regress", live
             TrainConfig(epochs=1, batch_nodules=4),
             fold,
             progress=False,
+            device=torch.device("cpu"),
         )
         save_model(model_path(tmp_path / "models", fold), result, config, fold)
     params = yaml.safe_load((REPO / "params.yaml").read_text())

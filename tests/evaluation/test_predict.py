@@ -39,7 +39,13 @@ def trained(tiny_extracted, tmp_path_factory):
     for fold in range(2):
         config = ModelConfig(variant="full", **TINY)
         result = fit(
-            data, fold_indices(splits, fold, data.nodule_id), config, TrainConfig(epochs=1), fold, progress=False
+            data,
+            fold_indices(splits, fold, data.nodule_id),
+            config,
+            TrainConfig(epochs=1),
+            fold,
+            progress=False,
+            device=torch.device("cpu"),
         )
         save_model(model_path(models, fold), result, config, fold, extract_record(data.attrs))
     _, predictions = evaluate_folds(data, splits, {k: model_path(models, k) for k in range(2)}, torch.device("cpu"))

@@ -1,10 +1,9 @@
-"""`nodule-net report` on two real DVC experiments made here (tiny phantom, 1 epoch, 2 folds)."""
+"""`nodule-net report` on two real DVC experiments (the session's shared repository: tiny phantom, 1 epoch, 2 folds)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,8 @@ from nodule_net.experiments.report import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+# With test_exp_remote.py on one worker: the session's experiment repository is built once (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("experiments")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> None:
@@ -36,39 +37,10 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A git + DVC copy of the pipeline on one phantom patient (4 nodules) with experiments t1-none, t1-sam.
-
-    Each experiment's predictions are also copied aside (``<name>.csv``) for the checks.
-    """
-    root = tmp_path_factory.mktemp("report")
-    repo = root / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    for folder in ("nodule_net", "pipeline"):
-        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["phantom"] |= {"patients": ["LIDC-IDRI-0003"], "workers": 1}
-    params["extract"]["workers"] = 1
-    params["folds"] = [0, 1]
-    params["train"] |= {"epochs": 1, "device": "cpu"}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # Stage commands call `python`: this interpreter's, importing this copy of nodule_net.
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(repo),
-        "OMP_NUM_THREADS": "1",
-    }
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    _run([*git, "init", "-q"], repo, env)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
-    _run([*git, "add", "."], repo, env)
-    _run([*git, "commit", "-qm", "tiny pipeline"], repo, env)
-    for name, variant in (("t1-none", "none"), ("t1-sam", "sam")):
-        _run([sys.executable, "-m", "dvc", "exp", "run", "--name", name, "-S", f"model.variant={variant}"], repo, env)
-        shutil.copy(repo / "data" / "predictions.csv", root / f"{name}.csv")
-    return repo
+def project(experiment_repo: Path) -> Path:
+    """The session's git + DVC copy of the pipeline (tests/conftest.py) on one phantom patient (4 nodules)
+    with experiments t1-none, t1-sam; each experiment's predictions are also copied aside (``<name>.csv``)."""
+    return experiment_repo
 
 
 @pytest.fixture(scope="module")

@@ -309,8 +309,41 @@ def test_dry_run_prints_both_scripts_and_submits_nothing(dvc_project: Path, tmp_
     )
     assert "#SBATCH --gres=gpu:1" in text and "sbatch --parsable --dependency=afterok:<data job>" in text
     assert not (dvc_project / "slurm").exists()
-    with pytest.raises(ValueError, match=r"^sbatch is not on PATH: submit from a Slurm login node"):
+    with pytest.raises(ValueError, match=r"^sbatch, sinfo, squeue, scancel are not on PATH \(`nodule-net grid"):
         slurm.submit_grid(dvc_project, names=["t1-none"])
+    _fake_command(only_git / "sbatch")  # sbatch alone: sinfo would be a bare [Errno 2] part-way
+    with pytest.raises(ValueError, match=r"^sinfo, squeue, scancel are not on PATH \(`nodule-net grid --slurm` runs"):
+        slurm.submit_grid(dvc_project, names=["t1-none"])
+    assert not (dvc_project / "slurm").exists()
+
+
+def _fake_command(path: Path) -> None:
+    """An executable at ``path`` that would fail if it were run (the checks must not run it)."""
+    path.write_text('#!/bin/sh\necho "$0 must not run" >&2\nexit 99\n')
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("present", "missing"),
+    [
+        (("sbatch",), "sinfo, squeue, scancel are"),
+        (("sbatch", "sinfo", "squeue"), "scancel is"),
+        (("sinfo", "squeue", "scancel"), "sbatch is"),
+    ],
+)
+def test_a_missing_slurm_command_is_one_line_naming_it(tmp_path: Path, monkeypatch, present, missing) -> None:
+    for name in present:
+        _fake_command(tmp_path / name)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ValueError) as refused:
+        slurm.check_slurm_commands()
+    assert str(refused.value) == (
+        f"{missing} not on PATH (`nodule-net grid --slurm` runs sbatch, sinfo, squeue, scancel): submit from a "
+        "Slurm login node, or put the folder of Slurm's commands on PATH (or see the scripts with --dry-run)."
+    )
+    for name in slurm.SLURM_COMMANDS:
+        _fake_command(tmp_path / name)
+    slurm.check_slurm_commands()  # all four present: nothing to say, and none of them run
 
 
 @pytest.mark.slow

@@ -71,3 +71,15 @@ def test_training_code_is_what_train_imports() -> None:
         TRAINING_CODE
     )
     assert "data/phantom.py" not in TRAINING_CODE and "experiments/report.py" not in TRAINING_CODE
+
+
+def test_the_params_stage_checks_the_whole_file_first_and_writes_nothing() -> None:
+    """Its params are all of params.yaml (DVC: an empty entry), so any change runs it, a new key included;
+    first in dvc.yaml, so that `dvc repro` (which runs independent stages in dvc.yaml's order) checks
+    before the long stages; no outs, so that it never makes another stage re-run.
+    (tests/integration/test_dvc_params_stage.py runs it under DVC.)"""
+    stage = STAGES["params"]
+    assert next(iter(STAGES)) == "params"
+    assert stage["params"] == [{"params.yaml": None}]
+    assert stage["cmd"] == "python -m pipeline.params --params params.yaml"
+    assert not {"outs", "metrics", "plots"} & set(stage)

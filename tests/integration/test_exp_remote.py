@@ -1,8 +1,9 @@
 """Experiments shared between machines with DVC itself: `dvc exp push` on one, `dvc exp pull` on another.
 
 Two clones stand in for two machines: a bare git repository is the shared git remote and a
-local folder the DVC remote. Machine A (a copy of this working tree, so the test exercises
-the current code) runs one experiment on a one-patient phantom and pushes it; machine B
+local folder the DVC remote. Machine A is the session's experiment repository (a copy of this
+working tree with its DVC remote committed, so the test exercises the current code, and two
+experiments run on a one-patient phantom: tests/conftest.py); it pushes one of them; machine B
 clones the git remote, pulls the experiment and reads its metrics and predictions.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,52 +19,25 @@ import dvc.api
 import pandas as pd
 import pytest
 
-from repo_copies import copy_working_tree, run
+from repo_copies import experiment_env, run
 
-pytestmark = pytest.mark.integration
+# With test_report.py on one worker: the session's experiment repository is built once.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("experiments")]
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv: `dvc`, and the `python` that stage commands call
-EXPERIMENT = "tiny"
-# LIDC-IDRI-0003 has 4 nodules: 2 folds of 2 test nodules, each training on 1 and validating on 1.
-PARAMS = {
-    "phantom.patients": "[LIDC-IDRI-0003]",
-    "phantom.workers": "1",
-    "extract.workers": "1",
-    "folds": "[0, 1]",
-    "train.epochs": "1",
-}
+EXPERIMENT = "t1-sam"  # the shared repository's last experiment: A's workspace holds its results
 
 
 @pytest.fixture(scope="module")
-def machines(tmp_path_factory) -> SimpleNamespace:
+def machines(experiment_repo: Path, tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("exp-remote")
-    origin, store, a, b = root / "origin.git", root / "dvc-store", root / "machine-a", root / "machine-b"
-    env = os.environ | {
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "OMP_NUM_THREADS": "1",  # tiny tensors on a shared 2-core machine: a second thread only waits
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "machine A",
-        "GIT_AUTHOR_EMAIL": "a@example.org",
-        "GIT_COMMITTER_NAME": "machine A",
-        "GIT_COMMITTER_EMAIL": "a@example.org",
-    }
+    a, origin, b = experiment_repo, root / "origin.git", root / "machine-b"
+    env = experiment_env(a, Path(sys.executable))
     dvc = str(BIN / "dvc")
     run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(origin)], root, env)
-
-    # Machine A: the project with a shared DVC remote configured and committed, then one experiment.
-    a.mkdir()
-    copy_working_tree(a)
-    run(["git", "init", "--quiet", "--initial-branch=main"], a, env)
-    run([dvc, "remote", "add", "--default", "store", str(store)], a, env)
-    run(["git", "add", "."], a, env)
-    run(["git", "commit", "--quiet", "-m", "baseline"], a, env)
+    # Machine A: the project with a shared DVC remote configured and committed, and its experiments.
     run(["git", "remote", "add", "origin", str(origin)], a, env)
     run(["git", "push", "--quiet", "origin", "main"], a, env)
-    # The committed dvc.lock describes the 50-patient default; these params differ, so every stage runs.
-    sets = [arg for key, value in PARAMS.items() for arg in ("-S", f"{key}={value}")]
-    # The venv's nodule_net is an editable install of /work/main: put A's own copy first.
-    run([dvc, "exp", "run", "--name", EXPERIMENT, *sets], a, env | {"PYTHONPATH": str(a)})
     run([dvc, "exp", "push", "origin", EXPERIMENT], a, env)
 
     # Machine B: a plain clone of the git remote; the DVC remote comes with .dvc/config.
@@ -78,7 +51,7 @@ def machines(tmp_path_factory) -> SimpleNamespace:
         for rev in group["revs"]
         if rev["name"] == EXPERIMENT
     ]
-    return SimpleNamespace(a=a, b=b, store=store, experiment=experiment)
+    return SimpleNamespace(a=a, b=b, experiment=experiment)
 
 
 def test_pulled_experiment_shows_the_params_and_metrics_machine_a_got(machines):

@@ -12,7 +12,8 @@ import pytest
 
 from tools import slurm_cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One worker runs every test that starts a private Slurm (tests/conftest.py): never two clusters at once.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,10 @@ def test_an_array_job_runs_and_stop_ends_every_daemon_and_job(cluster_or_skip, t
     pids = [p.pid for p in cluster.daemons.values()]
     try:
         paths = re.findall(r"=(?:socket=)?(/\S+)", cluster.conf.read_text())
-        assert len(paths) >= 8 and all(p.startswith(str(tmp_path)) or p == "/bin/true" for p in paths)  # not /etc
+        # Not /etc: every file in the folder, the Unix sockets in a short one of their own (107-byte limit).
+        mine = (str(tmp_path), str(cluster.sockets))
+        assert len(paths) >= 8 and all(p.startswith(mine) or p == "/bin/true" for p in paths)
+        assert len(str(cluster.sockets / "spool" / "localhost_4294967295.4294967291")) < 108
         script = tmp_path / "job.sh"
         script.write_text(f"#!/bin/bash\n#SBATCH --output={tmp_path}/%A_%a.log\necho task $SLURM_ARRAY_TASK_ID\n")
         cluster.run("sbatch", "--wait", "--array=0-1", "--cpus-per-task=1", str(script))
@@ -44,7 +48,7 @@ def test_an_array_job_runs_and_stop_ends_every_daemon_and_job(cluster_or_skip, t
         cluster.run("sbatch", "--wrap=sleep 600")  # still running when the cluster stops
     finally:
         slurm_cluster.stop(cluster)
-    assert not [pid for pid in pids if _alive(pid)]
+    assert not [pid for pid in pids if _alive(pid)] and not cluster.sockets.exists()
     left = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True).stdout.split()
     assert not [pid for pid in left if Path(f"/proc/{pid}/environ").exists() and str(cluster.conf) in _environ(pid)]
 

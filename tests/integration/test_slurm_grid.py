@@ -1,6 +1,6 @@
 """`nodule-net grid --slurm` end to end against a real (private, one-node) Slurm: tools/slurm_cluster.py.
 
-One run of the whole story on a one-patient phantom (4 nodules), 2 folds, 3 epochs:
+One run of the whole story on a one-patient phantom (4 nodules), 2 folds, 2 epochs:
 
 1. ``--exp t1-none t1-full t5-classify`` and, at once, ``--exp t1-sam -S train.device=cuda``
    (a bad override: no GPU on the node) are submitted; the second shares the first's data job;
@@ -32,7 +32,8 @@ from nodule_net.experiments.records import pipeline_var
 from repo_copies import copy_working_tree, run
 from tools import slurm_cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# One worker runs every test that starts a private Slurm (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -43,14 +44,14 @@ TINY = {  # params.yaml of the test's repository
     "phantom": {"patients": ["LIDC-IDRI-0003"], "workers": 1},
     "extract": {"workers": 1},
     "folds": [0, 1],
-    "train": {"epochs": 3, "device": "cpu"},
+    "train": {"epochs": 2, "device": "cpu"},
 }
 WAIT_S = 900  # the whole run takes about 4 minutes on the 2-core development machine
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A private Slurm for the session, stopped (its jobs cancelled) however the tests end."""
+    """A private Slurm for this module, stopped (its jobs cancelled) however the tests end."""
     if (reason := slurm_cluster.unavailable_reason()) is not None:
         pytest.skip(f"no private Slurm: {reason}")
     try:

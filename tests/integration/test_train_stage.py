@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from nodule_net.config import load_params
 from nodule_net.io import files
@@ -28,7 +29,8 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.integration]
 @pytest.fixture
 def stage(tmp_path, monkeypatch, capsys):
     """``run()`` runs pipeline/train.py here (folds 0 and 1 one after another, 1 epoch) and returns
-    (exit code, stderr); the dataset records its extract settings as extract writes them."""
+    (exit code, stderr), its stdout then in ``run.output``; the dataset records its extract settings as
+    extract writes them."""
     write_stage_inputs(
         tmp_path, {"epochs": 1, "batch_nodules": 1, "device": "cpu", "folds_together": False, "fold_processes": 1}
     )
@@ -41,8 +43,12 @@ def stage(tmp_path, monkeypatch, capsys):
         try:
             runpy.run_path(str(REPO / "pipeline/train.py"), run_name="__main__")
         except SystemExit as exit_info:
-            return exit_info.code, capsys.readouterr().err.strip()
-        return 0, capsys.readouterr().err
+            captured = capsys.readouterr()
+            run.output = captured.out
+            return exit_info.code, captured.err.strip()
+        captured = capsys.readouterr()
+        run.output = captured.out
+        return 0, captured.err
 
     return run
 
@@ -74,3 +80,22 @@ def test_a_disk_that_fills_at_a_checkpoint_is_one_line_and_the_rerun_records_the
     for fold in (0, 1):
         saved = torch.load(f"models/fold{fold}/model.pt", weights_only=True)
         assert saved["extract"] == CROP and saved["fold"] == fold
+
+
+def test_checkpoints_past_a_lowered_epoch_count_are_retrained_and_said_so_once(stage, tmp_path) -> None:
+    """`-S train.epochs=1` over epoch-2 checkpoints: each fold trains afresh, and the log says that alone
+    (not also that the checkpoint holds a finished run)."""
+    params = tmp_path / "params.yaml"
+    values = yaml.safe_load(params.read_text())
+    values["train"]["epochs"] = 2
+    params.write_text(yaml.safe_dump(values))
+    assert stage()[0] == 0
+    values["train"]["epochs"] = 1
+    params.write_text(yaml.safe_dump(values))
+    code, err = stage()
+    assert code == 0, err
+    out = stage.output
+    assert "holds a finished run" not in out
+    for fold in (0, 1):
+        assert f"ckpt/fold{fold}.pt: checkpoint is at epoch 2 > train.epochs=1; starting afresh." in out
+        assert f"fold {fold} epoch 1/1:" in out

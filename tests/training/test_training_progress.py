@@ -52,7 +52,17 @@ def run(checkpoint: Path | None = None, epochs: int = 2, stop_after: int | None 
 
     data, parts = tiny()
     config = TrainConfig(epochs=epochs, seed=0)
-    return fit(data, parts, ModelConfig(variant="sam", **TINY), config, 0, checkpoint, on_epoch, **kwargs)
+    return fit(
+        data,
+        parts,
+        ModelConfig(variant="sam", **TINY),
+        config,
+        0,
+        checkpoint,
+        on_epoch,
+        **kwargs,
+        device=torch.device("cpu"),
+    )
 
 
 def test_an_epoch_line_in_a_log_has_its_count_time_stamp_elapsed_time_and_eta(capsys) -> None:
