@@ -196,7 +196,11 @@ def test_kill_9_of_a_busy_worker_of_the_extract_stage_is_one_line_and_exit_1(tmp
             except OSError:
                 time.sleep(0.02)  # no event to wait on from outside: poll
         assert writer is not None, "no worker opened the pipe"
-        worker = worker_reading(psutil.Process(proc.pid), stuck)
+        # The open above can also meet a reader that has just let go (a first look at the file): the
+        # worker that holds it for good is the one to find, once it does.
+        while (worker := worker_reading(psutil.Process(proc.pid), stuck)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker is not None, "no worker holds the pipe open"
         worker.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=120)  # the old multiprocessing.Pool waited forever
     finally:

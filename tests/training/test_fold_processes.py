@@ -82,14 +82,21 @@ def test_the_plan_names_the_engine_and_which_folds_train_and_which_only_load(mon
 
 
 def test_nothing_below_the_plan_resolves_the_device(tmp_path, monkeypatch) -> None:
-    """The plan resolves train.device once (auto may lock a GPU); every engine trains on the plan's device."""
+    """The plan resolves train.device once (auto may lock a GPU); every engine trains on the plan's device,
+    which it must be given (no default to resolve by itself), and none can resolve one."""
+    import inspect
+
     from nodule_net.training import fit as fit_module
-    from nodule_net.training import side_by_side
+    from nodule_net.training import processes, side_by_side
 
     data, folds = three_folds()
     model_config = ModelConfig(variant="none", **TINY)
-    for module in (fit_module, side_by_side):
-        monkeypatch.setattr(module, "resolve_device", lambda name: pytest.fail("the device was resolved again"))
+    for engine_fn in (fit_module.fit, side_by_side.fit_folds, processes.fit_in_processes):
+        device = inspect.signature(engine_fn).parameters["device"]
+        assert device.default is inspect.Parameter.empty, engine_fn.__name__
+    for module in (fit_module, side_by_side, processes):
+        assert not hasattr(module, "resolve_device"), module.__name__
+    monkeypatch.setattr(folds_module, "resolve_device", lambda name: torch.device("cpu"))  # the plan's, once
     for engine in (
         dict(folds_together=True),
         dict(folds_together=False, fold_processes=1),

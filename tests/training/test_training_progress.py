@@ -134,7 +134,9 @@ def three_folds() -> tuple:
 def test_folds_side_by_side_print_a_line_per_fold_per_epoch_on_one_clock(capsys, monkeypatch) -> None:
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.0)
     data, folds = three_folds()
-    fit_folds(data, folds, ModelConfig(variant="sam", **TINY), TrainConfig(epochs=2, device="cpu"))
+    fit_folds(
+        data, folds, ModelConfig(variant="sam", **TINY), TrainConfig(epochs=2, device="cpu"), device=torch.device("cpu")
+    )
     lines = capsys.readouterr().out.splitlines()
     epochs = [line for line in lines if "train loss" in line]
     assert len(epochs) == 6
