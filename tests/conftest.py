@@ -45,6 +45,7 @@ def pytest_configure(config) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items) -> None:
     """Tests of the LONGEST_FIRST files first, in that order (every other test keeps its place after
     them), and each test in the pytest-xdist group of its file unless its module names another.
