@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,20 @@ def pytest_collection_modifyitems(config, items) -> None:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(name(item)))
     items.sort(key=lambda item: LONGEST_FIRST.index(n) if (n := name(item)) in LONGEST_FIRST else len(LONGEST_FIRST))
+
+
+def popen_interruptible(args: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(args)`` with text stdout and stderr piped and SIGINT handled as by default in
+    the child, for the tests that send it a Ctrl-C: a suite started in the background (`pytest &`)
+    passes SIGINT down ignored."""
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,10 +55,6 @@ def build_experiment_repo(root: Path, python: Path) -> Path:
     """A git + DVC copy of this working tree in ``root/repo`` with SHARED_PARAMS committed (message
     SHARED_COMMIT), a default DVC remote ``root/dvc-store`` committed with it, and SHARED_EXPERIMENTS run
     with ``dvc exp run``; each experiment's predictions are copied aside to ``root/<name>.csv``."""
-    import os
-
-    import yaml
-
     repo = root / "repo"
     repo.mkdir(parents=True)
     copy_working_tree(repo)
@@ -70,15 +69,12 @@ def build_experiment_repo(root: Path, python: Path) -> Path:
     for name, variant in SHARED_EXPERIMENTS:
         run([dvc, "exp", "run", "--name", name, "-S", f"model.variant={variant}"], repo, env)
         shutil.copy(repo / "data" / "predictions.csv", root / f"{name}.csv")
-    assert os.path.isdir(repo / ".dvc")
     return repo
 
 
 def experiment_env(repo: Path, python: Path) -> dict[str, str]:
     """What DVC and its stage commands need in a copy: the venv's ``dvc``/``python`` first on PATH, the
     copy's own nodule_net (not the editable install's), one torch thread, a git identity."""
-    import os
-
     return os.environ | {
         "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(repo),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import popen_interruptible
 from nodule_net.cli.errors import user_errors_exit
 from nodule_net.config import (
     MALIGNANCY_MODES,
@@ -379,16 +380,7 @@ def test_ctrl_c_during_training_exits_130_with_one_line(tmp_path, processes: int
         str(tmp_path / "params.yaml"),
     ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    # A suite started in the background (`pytest &`) passes SIGINT down ignored: undo that in the child.
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = popen_interruptible(cmd, cwd=REPO, env=env)
     try:
         deadline = time.monotonic() + 90
         while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -100,11 +100,10 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def slurm_conf(root: Path, ports: list[int], cpus: int = CPUS, sockets: Path | None = None) -> str:
+def slurm_conf(root: Path, ports: list[int], cpus: int, sockets: Path) -> str:
     """The whole slurm.conf of a one-node cluster whose files all live under ``root``, its Unix
-    sockets (munged's, slurmd's spool) under ``sockets`` (default: ``root`` too)."""
+    sockets (munged's, slurmd's spool) under ``sockets``."""
     ctld_port, slurmd_port = ports
-    sockets = root if sockets is None else sockets
     return f"""\
 # A private one-node Slurm for tests (tools/slurm_cluster.py); every file under {root}.
 ClusterName=nodule-net-test

@@ -61,19 +61,16 @@ _slots: MutableSequence[int] | None = None
 _slot = -1
 
 
-def _ask_for_sigkill_at_parent_death() -> bool:
+def _ask_for_sigkill_at_parent_death() -> None:
     """``prctl(PR_SET_PDEATHSIG, SIGKILL)``: Linux kills this process when the thread that started it ends.
 
-    Pools are started from the main thread, so that thread's end is the parent's. False
-    where the call is not available (not Linux, no libc).
+    Pools are started from the main thread, so that thread's end is the parent's. Nothing
+    where the call is not available (not Linux, no libc): the parent watch covers that.
     """
     if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -81,20 +78,14 @@ def _die_with_parent(parent: int) -> None:
 
     PR_SET_PDEATHSIG where Linux has it; a daemon thread that polls ``os.getppid()`` (an
     orphan is handed to init or a subreaper, so the pid changes) covers every other case,
-    including a parent that died before this worker got here. The worker ends as a SIGKILL
-    would end it: it holds nothing that a clean exit would save (checkpoints and outputs
-    are written atomically), and an orphan has nobody to report to.
+    including a parent that died before this worker got here (its first look is at once).
+    The worker ends as a SIGKILL would end it: it holds nothing that a clean exit would save
+    (checkpoints and outputs are written atomically), and an orphan has nobody to report to.
     """
     _ask_for_sigkill_at_parent_death()
 
-    def orphaned() -> bool:
-        return os.getppid() != parent
-
-    if orphaned():
-        os.kill(os.getpid(), signal.SIGKILL)
-
     def watch() -> None:
-        while not orphaned():
+        while os.getppid() == parent:
             time.sleep(PARENT_WATCH_S)
         os.kill(os.getpid(), signal.SIGKILL)
 

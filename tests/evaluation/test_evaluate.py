@@ -24,6 +24,8 @@ from nodule_net.io.store import write_dataset
 from nodule_net.training.fit import fit, save_model
 from synthetic_nodules import TINY, make_dataset
 
+CPU = torch.device("cpu")  # the engines train where the plan says; these tests on the CPU
+
 REPO = Path(__file__).resolve().parents[2]
 # Mean malignancy ratings of the 12 nodules: 5 benign (< 3), 4 malignant (> 3), 3 rated exactly 3.
 MALIGNANCY = np.array([1, 2, 3, 4, 5, 3, 2, 4, 1.5, 4.5, 3, 2.5])
@@ -95,7 +97,7 @@ def run_evaluate(tmp_path: Path, variant: str, malignancy: str = "regress", live
             TrainConfig(epochs=1, batch_nodules=4),
             fold,
             progress=False,
-            device=torch.device("cpu"),
+            device=CPU,
         )
         save_model(model_path(tmp_path / "models", fold), result, config, fold)
     params = yaml.safe_load((REPO / "params.yaml").read_text())

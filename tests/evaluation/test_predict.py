@@ -26,6 +26,8 @@ from nodule_net.io.store import write_dataset
 from nodule_net.training.fit import fit, save_model
 from synthetic_nodules import TINY, make_dataset
 
+CPU = torch.device("cpu")  # the engines train where the plan says; these tests on the CPU
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -45,7 +47,7 @@ def trained(tiny_extracted, tmp_path_factory):
             TrainConfig(epochs=1),
             fold,
             progress=False,
-            device=torch.device("cpu"),
+            device=CPU,
         )
         save_model(model_path(models, fold), result, config, fold, extract_record(data.attrs))
     _, predictions = evaluate_folds(data, splits, {k: model_path(models, k) for k in range(2)}, torch.device("cpu"))

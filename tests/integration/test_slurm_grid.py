@@ -29,7 +29,7 @@ import yaml
 
 from nodule_net.experiments import grid
 from nodule_net.experiments.records import pipeline_var
-from repo_copies import copy_working_tree, run
+from repo_copies import copy_working_tree, merged, run
 from tools import slurm_cluster
 
 # One worker runs every test that starts a private Slurm (tests/conftest.py).
@@ -62,12 +62,6 @@ def cluster(tmp_path_factory):
         yield running
     finally:
         slurm_cluster.stop(running)
-
-
-def _merge(tree: dict, changes: dict) -> dict:
-    for key, value in changes.items():
-        tree[key] = _merge(tree[key], value) if isinstance(value, dict) else value
-    return tree
 
 
 def _active(cluster, jobs: list[str]) -> list[str]:
@@ -123,7 +117,7 @@ def story(cluster, tmp_path_factory) -> SimpleNamespace:
     repo.mkdir()
     copy_working_tree(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(merged(params, TINY), sort_keys=False))
     gitignore = (repo / ".gitignore").read_text()
     if "/slurm/" not in gitignore.split():
         (repo / ".gitignore").write_text(gitignore + "/slurm/\n")

@@ -123,8 +123,8 @@ def test_training_with_a_corrupt_checkpoint_starts_afresh(tmp_path) -> None:
     config = TrainConfig(epochs=1, batch_nodules=4)
     path = tmp_path / "fold0.pt"
     path.write_bytes(b"PK\x03\x04 truncated zip")
-    resumed = fit(data, parts, ModelConfig(**TINY), config, 0, path, progress=False, device=torch.device("cpu"))
-    fresh = fit(data, parts, ModelConfig(**TINY), config, 0, None, progress=False, device=torch.device("cpu"))
+    resumed = fit(data, parts, ModelConfig(**TINY), config, 0, path, progress=False, device=CPU)
+    fresh = fit(data, parts, ModelConfig(**TINY), config, 0, None, progress=False, device=CPU)
     assert resumed.history == fresh.history
     assert (tmp_path / "fold0.pt.corrupt").read_bytes() == b"PK\x03\x04 truncated zip"
     assert load_checkpoint(path, "other", 1, CPU) is None and path.exists()  # a sound checkpoint was written

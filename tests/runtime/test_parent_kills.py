@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_PATIENTS
+from conftest import TINY_PATIENTS, popen_interruptible
 from nodule_net.config import load_params
 from nodule_net.data.phantom import build_phantom
 from nodule_net.data.split import fold_indices, read_splits
@@ -47,17 +47,7 @@ def start(argv: list[str], cwd: Path, hold: str | None, marks: Path) -> subproce
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOOK), str(REPO)]), NODULE_NET_HOLD_DIR=str(marks))
     if hold is not None:
         env["NODULE_NET_HOLD"] = hold
-    # A suite started in the background (`pytest &`) passes SIGINT down ignored: undo that in the child.
-    return subprocess.Popen(
-        [sys.executable, *argv],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    return popen_interruptible([sys.executable, *argv], cwd=cwd, env=env, start_new_session=True)
 
 
 def held_workers(proc: subprocess.Popen, marks: Path, count: int, timeout: float = 120) -> list[int]:

@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from conftest import popen_interruptible
 from nodule_net.runtime.workers import WorkerDied, process_pool
 
 # A stage-like program with a pool of 2 busy workers. Spawned workers import the main file
@@ -51,15 +52,7 @@ def test_ctrl_c_while_workers_start_gives_one_line_and_exit_130(tmp_path) -> Non
     still importing: the case a pool initializer alone does not cover."""
     program = tmp_path / "stage.py"
     program.write_text(PROGRAM)
-    # A suite started in the background (`pytest &`) passes SIGINT down ignored: undo that in the child.
-    proc = subprocess.Popen(
-        [sys.executable, str(program), str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = popen_interruptible([sys.executable, str(program), str(tmp_path)], start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "started"
         deadline = time.monotonic() + 60

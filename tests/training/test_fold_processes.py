@@ -130,9 +130,7 @@ def test_folds_in_processes_equal_folds_one_after_another(tmp_path) -> None:
     assert sorted(seen) == [(k, e) for k in folds for e in (1, 2)]
     assert all([e for f, e in seen if f == k] == [1, 2] for k in folds)
     for k, parts in folds.items():
-        alone = fit(
-            data, parts, model_config, config, k, tmp_path / f"a{k}.pt", progress=False, device=torch.device("cpu")
-        )
+        alone = fit(data, parts, model_config, config, k, tmp_path / f"a{k}.pt", progress=False, device=CPU)
         assert together[k].best_epoch == alone.best_epoch and together[k].history == alone.history
         assert (together[k].mean, together[k].std) == (alone.mean, alone.std)
         for name, value in alone.model_state.items():
@@ -146,7 +144,7 @@ def test_finished_folds_load_here_and_only_the_rest_get_processes(tmp_path, monk
     model_config = ModelConfig(variant="none", **TINY)
     config = TrainConfig(epochs=1, seed=0)
     paths = {k: tmp_path / f"fold{k}.pt" for k in folds}
-    first = fit(data, folds[0], model_config, config, 0, paths[0], progress=False, device=torch.device("cpu"))
+    first = fit(data, folds[0], model_config, config, 0, paths[0], progress=False, device=CPU)
     assert unfinished_folds(data, folds, model_config, config, paths) == [1, 2]
     assert unfinished_folds(data, folds, model_config, TrainConfig(epochs=2, seed=0), paths) == [0, 1, 2]
     assert unfinished_folds(data, folds, model_config, TrainConfig(epochs=1, seed=1), paths) == [0, 1, 2]
@@ -292,26 +290,8 @@ def test_a_killed_fold_process_is_one_line_and_the_rerun_resumes_bit_identically
     model_config, config = ModelConfig(**KILLED_MODEL), TrainConfig(**KILLED_TRAINING)
     assert finished_epochs(tmp_path / "fold1.pt", fingerprint(data, folds[1], model_config, config, 1)) == 1
     for k in KILLED_FOLDS:
-        resumed = fit(
-            data,
-            folds[k],
-            model_config,
-            config,
-            k,
-            tmp_path / f"fold{k}.pt",
-            progress=False,
-            device=torch.device("cpu"),
-        )
-        alone = fit(
-            data,
-            folds[k],
-            model_config,
-            config,
-            k,
-            tmp_path / f"alone{k}.pt",
-            progress=False,
-            device=torch.device("cpu"),
-        )
+        resumed = fit(data, folds[k], model_config, config, k, tmp_path / f"fold{k}.pt", progress=False, device=CPU)
+        alone = fit(data, folds[k], model_config, config, k, tmp_path / f"alone{k}.pt", progress=False, device=CPU)
         assert resumed.history == alone.history and resumed.best_epoch == alone.best_epoch
         for name, value in alone.model_state.items():
             torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0, msg=name)

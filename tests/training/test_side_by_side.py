@@ -21,6 +21,8 @@ from nodule_net.training.plan import folds_together
 from nodule_net.training.side_by_side import StackedAdam, fit_folds, stack_nodules
 from synthetic_nodules import TINY, make_dataset, train_argv, write_stage_inputs
 
+CPU = torch.device("cpu")  # the engines train where the plan says; these tests on the CPU
+
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS_2D = ("none", "sam", "caam", "caam_ascmm", "full")
 # The 3d variant pads to a fixed depth; a small one keeps its 3D convolutions cheap.
@@ -148,12 +150,10 @@ def test_side_by_side_equals_separate_fits(tmp_path, model: dict) -> None:
         config,
         {k: tmp_path / f"t{k}.pt" for k in folds},
         progress=False,
-        device=torch.device("cpu"),
+        device=CPU,
     )
     for k, parts in folds.items():
-        alone = fit(
-            data, parts, model_config, config, k, tmp_path / f"a{k}.pt", progress=False, device=torch.device("cpu")
-        )
+        alone = fit(data, parts, model_config, config, k, tmp_path / f"a{k}.pt", progress=False, device=CPU)
         assert together[k].best_epoch == alone.best_epoch
         assert (together[k].mean, together[k].std) == (alone.mean, alone.std)
         torch.testing.assert_close(np.array(together[k].history), np.array(alone.history), rtol=1e-5, atol=0)
@@ -185,7 +185,7 @@ def run_folds(folds, checkpoints: Path, epochs: int = 3, stop_after: int | None 
         paths,
         on_epoch,
         progress=False,
-        device=torch.device("cpu"),
+        device=CPU,
     )
     return result, seen
 
@@ -234,7 +234,7 @@ def test_fit_resumes_a_side_by_side_checkpoint(tmp_path) -> None:
         TrainConfig(epochs=1),
         {0: tmp_path / "f0.pt"},
         progress=False,
-        device=torch.device("cpu"),
+        device=CPU,
     )
     resumed = fit(
         data,
@@ -244,9 +244,9 @@ def test_fit_resumes_a_side_by_side_checkpoint(tmp_path) -> None:
         0,
         tmp_path / "f0.pt",
         progress=False,
-        device=torch.device("cpu"),
+        device=CPU,
     )
-    straight = fit(data, folds[0], model_config, TrainConfig(epochs=2), 0, progress=False, device=torch.device("cpu"))
+    straight = fit(data, folds[0], model_config, TrainConfig(epochs=2), 0, progress=False, device=CPU)
     assert [r.epoch for r in resumed.history] == [1, 2]
     torch.testing.assert_close(np.array(resumed.history), np.array(straight.history), rtol=1e-5, atol=0)
     assert_same_fold(resumed.model_state, straight.model_state, 1e-4, 2 * len(folds[0]["train"]))
@@ -264,7 +264,7 @@ def test_a_non_finite_loss_names_its_fold_and_nodule(tmp_path) -> None:
             TrainConfig(epochs=1),
             {k: tmp_path / f"{k}.pt" for k in folds},
             progress=False,
-            device=torch.device("cpu"),
+            device=CPU,
         )
     assert not list(tmp_path.iterdir())  # nothing saved for the epoch
 
@@ -278,15 +278,7 @@ def test_side_by_side_on_gpu_matches_separate_fits_on_cpu_closely() -> None:
         data, folds, model_config, TrainConfig(epochs=1, device="cuda"), progress=False, device=torch.device("cuda")
     )
     for k, parts in folds.items():
-        cpu = fit(
-            data,
-            parts,
-            model_config,
-            TrainConfig(epochs=1, device="cpu"),
-            k,
-            progress=False,
-            device=torch.device("cpu"),
-        )
+        cpu = fit(data, parts, model_config, TrainConfig(epochs=1, device="cpu"), k, progress=False, device=CPU)
         for name in set(cpu.model_state) - set(GAUGE):
             torch.testing.assert_close(gpu[k].model_state[name].cpu(), cpu.model_state[name], rtol=1e-3, atol=1e-4)
 
@@ -300,14 +292,7 @@ def test_folds_together_setting() -> None:
         TrainConfig(folds_together="yes")  # the config refuses it, so the plan never sees one
     data, folds = three_folds()
     with pytest.raises(ValueError, match="batch_nodules"):
-        fit_folds(
-            data,
-            folds,
-            ModelConfig(**TINY),
-            TrainConfig(epochs=1, batch_nodules=2),
-            progress=False,
-            device=torch.device("cpu"),
-        )
+        fit_folds(data, folds, ModelConfig(**TINY), TrainConfig(epochs=1, batch_nodules=2), progress=False, device=CPU)
 
 
 @pytest.mark.slow
@@ -384,14 +369,7 @@ def test_side_by_side_trains_in_bf16_when_asked(tmp_path) -> None:
     data, folds = three_folds()
     model_config = ModelConfig(variant="full", **TINY)
     runs = {
-        p: fit_folds(
-            data,
-            folds,
-            model_config,
-            TrainConfig(epochs=1, seed=0, precision=p),
-            progress=False,
-            device=torch.device("cpu"),
-        )
+        p: fit_folds(data, folds, model_config, TrainConfig(epochs=1, seed=0, precision=p), progress=False, device=CPU)
         for p in ("fp32", "bf16")
     }
     for k in folds:

@@ -30,6 +30,8 @@ from nodule_net.training.fit import fit, save_model, train_step
 from nodule_net.training.run import make_optimizer
 from synthetic_nodules import TINY, make_dataset, train_argv
 
+CPU = torch.device("cpu")  # the engines train where the plan says; these tests on the CPU
+
 REPO = Path(__file__).resolve().parents[2]
 ATTRIBUTE_KEYS = (*ATTRIBUTES, "mean")
 # A narrow network keeps these tests to seconds; the architecture is the paper's, only thinner.
@@ -133,7 +135,7 @@ def run_fit(data, parts, checkpoint, lambda_aux: float = 0.1, epochs: int = 3, s
         checkpoint,
         on_epoch,
         progress=False,
-        device=torch.device("cpu"),
+        device=CPU,
     )
     return result, seen
 
@@ -175,7 +177,7 @@ def test_cross_validation_end_to_end(tmp_path) -> None:
         model_config = ModelConfig(variant="full", **TINY)
         save_model(
             model_path(tmp_path, fold),
-            fit(data, parts, model_config, config, fold, progress=False, device=torch.device("cpu")),
+            fit(data, parts, model_config, config, fold, progress=False, device=CPU),
             model_config,
             fold,
         )
@@ -261,21 +263,10 @@ def test_train_config_rejects_bad_values(kwargs: dict, match: str) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_gpu_matches_cpu_closely() -> None:
     data, parts = tiny_parts()
-    cpu = fit(
-        data,
-        parts,
-        ModelConfig(variant="full", **TINY),
-        TrainConfig(epochs=1, device="cpu"),
-        progress=False,
-        device=torch.device("cpu"),
-    )
-    gpu = fit(
-        data,
-        parts,
-        ModelConfig(variant="full", **TINY),
-        TrainConfig(epochs=1, device="cuda"),
-        progress=False,
-        device=torch.device("cuda"),
+    model_config = ModelConfig(variant="full", **TINY)
+    cpu, gpu = (
+        fit(data, parts, model_config, TrainConfig(epochs=1, device=name), progress=False, device=torch.device(name))
+        for name in ("cpu", "cuda")
     )
     for k in cpu.model_state:
         torch.testing.assert_close(gpu.model_state[k].cpu(), cpu.model_state[k], rtol=1e-3, atol=1e-4)
@@ -301,16 +292,7 @@ def test_a_loss_that_turns_nan_stops_training_naming_fold_epoch_and_nodule(tmp_p
     checkpoint = tmp_path / "fold1.pt"
     config = TrainConfig(epochs=2, batch_nodules=1, seed=0)
     with pytest.raises(ValueError) as err:
-        fit(
-            data,
-            parts,
-            ModelConfig(variant="full", **TINY),
-            config,
-            1,
-            checkpoint,
-            progress=False,
-            device=torch.device("cpu"),
-        )
+        fit(data, parts, ModelConfig(variant="full", **TINY), config, 1, checkpoint, progress=False, device=CPU)
     message = str(err.value)
     assert message.startswith("Fold 1, epoch 1: the loss of step ") and " was nan (nodule " in message
     assert message.split("(nodule ")[1].split(")")[0] == data.nodule_id[bad]
@@ -331,7 +313,7 @@ def test_a_non_finite_validation_mae_names_the_nodule_and_saves_nothing(tmp_path
             0,
             checkpoint,
             progress=False,
-            device=torch.device("cpu"),
+            device=CPU,
         )
     assert str(err.value).startswith(
         f"Fold 0, epoch 1: the validation MAE is nan (first non-finite prediction: nodule {data.nodule_id[bad]});"
@@ -469,12 +451,10 @@ def test_a_bf16_checkpoint_is_not_resumed_by_an_fp32_run(tmp_path) -> None:
     model_config = ModelConfig(variant="full", **TINY)
     bf16, fp32 = (TrainConfig(epochs=1, batch_nodules=2, precision=p) for p in ("bf16", "fp32"))
     assert fingerprint(data, parts, model_config, bf16, 0) != fingerprint(data, parts, model_config, fp32, 0)
-    trained_bf16 = fit(
-        data, parts, model_config, bf16, 0, tmp_path / "c.pt", progress=False, device=torch.device("cpu")
-    )
+    trained_bf16 = fit(data, parts, model_config, bf16, 0, tmp_path / "c.pt", progress=False, device=CPU)
     fp32 = dataclasses.replace(fp32, epochs=2)  # had it resumed the bf16 checkpoint, it would train epoch 2 only
-    after_bf16 = fit(data, parts, model_config, fp32, 0, tmp_path / "c.pt", progress=False, device=torch.device("cpu"))
-    fresh = fit(data, parts, model_config, fp32, 0, None, progress=False, device=torch.device("cpu"))
+    after_bf16 = fit(data, parts, model_config, fp32, 0, tmp_path / "c.pt", progress=False, device=CPU)
+    fresh = fit(data, parts, model_config, fp32, 0, None, progress=False, device=CPU)
     assert_same_result(after_bf16, fresh)
     # fit passes the precision down: bf16's first epoch is close to fp32's, not equal.
     assert trained_bf16.history[0].train_loss == pytest.approx(fresh.history[0].train_loss, rel=5e-2)
@@ -542,7 +522,7 @@ def test_a_checkpoint_holds_the_checkpoint_format_in_order(tmp_path) -> None:
         0,
         tmp_path / "c.pt",
         progress=False,
-        device=torch.device("cpu"),
+        device=CPU,
     )
     saved = torch.load(tmp_path / "c.pt", weights_only=True)
     assert list(saved) == ["version", *Checkpoint.__annotations__]

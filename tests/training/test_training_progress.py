@@ -21,6 +21,8 @@ from nodule_net.training.side_by_side import fit_folds
 from pipeline.train import finished_line
 from synthetic_nodules import TINY, make_dataset
 
+CPU = torch.device("cpu")  # the engines train where the plan says; these tests on the CPU
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
@@ -52,17 +54,7 @@ def run(checkpoint: Path | None = None, epochs: int = 2, stop_after: int | None 
 
     data, parts = tiny()
     config = TrainConfig(epochs=epochs, seed=0)
-    return fit(
-        data,
-        parts,
-        ModelConfig(variant="sam", **TINY),
-        config,
-        0,
-        checkpoint,
-        on_epoch,
-        **kwargs,
-        device=torch.device("cpu"),
-    )
+    return fit(data, parts, ModelConfig(variant="sam", **TINY), config, 0, checkpoint, on_epoch, **kwargs, device=CPU)
 
 
 def test_an_epoch_line_in_a_log_has_its_count_time_stamp_elapsed_time_and_eta(capsys) -> None:
@@ -134,9 +126,7 @@ def three_folds() -> tuple:
 def test_folds_side_by_side_print_a_line_per_fold_per_epoch_on_one_clock(capsys, monkeypatch) -> None:
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.0)
     data, folds = three_folds()
-    fit_folds(
-        data, folds, ModelConfig(variant="sam", **TINY), TrainConfig(epochs=2, device="cpu"), device=torch.device("cpu")
-    )
+    fit_folds(data, folds, ModelConfig(variant="sam", **TINY), TrainConfig(epochs=2, device="cpu"), device=CPU)
     lines = capsys.readouterr().out.splitlines()
     epochs = [line for line in lines if "train loss" in line]
     assert len(epochs) == 6
