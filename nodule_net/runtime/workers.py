@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
+from multiprocessing import connection, get_context
 from typing import Any, cast
 
-# How often ``imap``'s ``while_waiting`` runs while no result arrives, in seconds.
+# How often ``imap`` looks for a dead worker and runs ``while_waiting`` while no result arrives, in seconds.
 POLL_S = 0.2
 # How long a terminated worker may take to go before it is killed, in seconds.
 TERMINATE_S = 10.0
@@ -221,15 +221,22 @@ class ProcessPool:
                     raise self._died(items, base, futures, chunksize, describe) from None
         # The executor keeps its processes in a private dict; their exit codes say which one died.
         self._processes.update(self._executor._processes or {})
+        sentinels = [process.sentinel for process in self._processes.values()]
         order = {future: n for n, future in enumerate(futures)}
         pending, next_chunk = set(futures), 0
         while next_chunk < len(futures):
-            done, pending = wait(pending, timeout=POLL_S if while_waiting else None, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=order.__getitem__):
                 if isinstance(future.exception(), BrokenProcessPool):
                     raise self._died(items, base, futures, chunksize, describe) from None
                 if future.exception() is not None:
                     future.result()  # raises it
+            # The executor may never notice a death (CPython 3.11's, at least): its thread that watches the
+            # workers collects their sentinels when a submit wakes it, which is before that submit
+            # starts its process, so the last process started may be one it does not watch. A worker
+            # leaves only at shutdown, so any that has ended while items are pending has died.
+            if not done and connection.wait(sentinels, timeout=0):
+                raise self._died(items, base, futures, chunksize, describe) from None
             while next_chunk < len(futures) and futures[next_chunk].done():
                 yield from futures[next_chunk].result()
                 next_chunk += 1
