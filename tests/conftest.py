@@ -101,14 +101,13 @@ def tiny_extracted(tiny_phantom, tiny_scans):
 
 @pytest.fixture(scope="session")
 def experiment_repo(tmp_path_factory) -> Path:
-    """One git + DVC repository with two finished experiments (tests/repo_copies.py), for every test
-    that reads experiments: built once, so its modules share an xdist group (``experiments``) and
-    only read it (a test that changes a repository makes its own)."""
-    import sys
+    """One git + DVC repository with three finished experiments (tests/repo_copies.py), for every test
+    that reads experiments: built once for the whole session, so its modules only read it, and those
+    that run DVC in it (test_report.py, test_exp_remote.py) share an xdist group (``experiments``);
+    a test that changes a repository makes its own."""
+    from repo_copies import shared_experiment_repo
 
-    from repo_copies import build_experiment_repo
-
-    return build_experiment_repo(tmp_path_factory.mktemp("experiments"), Path(sys.executable))
+    return shared_experiment_repo(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

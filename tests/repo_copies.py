@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,16 +35,19 @@ def copy_working_tree(dest: Path) -> None:
             shutil.copy2(REPO / name, dest / name)
 
 
-# The shared experiment repository (tests/conftest.py's `experiment_repo`): one phantom patient
-# (LIDC-IDRI-0003: 4 nodules, 2 folds of 2 test nodules), 1 epoch, and two experiments.
+# The shared experiment repository (tests/conftest.py's `experiment_repo`, and the local runs that
+# tests/integration/test_slurm_grid.py compares its Slurm runs with): one phantom patient
+# (LIDC-IDRI-0003: 4 nodules, 2 folds of 2 test nodules), 2 epochs (a requeue can resume mid-run),
+# and three of the paper's experiments, each with the -S list `nodule-net grid` gives it.
 SHARED_PARAMS = {
     "phantom": {"patients": ["LIDC-IDRI-0003"], "workers": 1},
     "extract": {"workers": 1},
     "folds": [0, 1],
-    "train": {"epochs": 1, "device": "cpu"},
+    "train": {"epochs": 2, "device": "cpu"},
 }
-SHARED_EXPERIMENTS = (("t1-none", "none"), ("t1-sam", "sam"))  # run in this order: t1-sam's results stay
+SHARED_EXPERIMENTS = ("t1-none", "t5-classify", "t1-sam")  # run in this order: t1-sam's results stay
 SHARED_COMMIT = "tiny pipeline"
+SHOWN = "experiments.json"  # beside the repository: its `dvc exp show --json` once built
 
 
 def merged(tree: dict, changes: dict) -> dict:
@@ -54,7 +60,10 @@ def merged(tree: dict, changes: dict) -> dict:
 def build_experiment_repo(root: Path, python: Path) -> Path:
     """A git + DVC copy of this working tree in ``root/repo`` with SHARED_PARAMS committed (message
     SHARED_COMMIT), a default DVC remote ``root/dvc-store`` committed with it, and SHARED_EXPERIMENTS run
-    with ``dvc exp run``; each experiment's predictions are copied aside to ``root/<name>.csv``."""
+    with ``dvc exp run``; each experiment's predictions are copied aside to ``root/<name>.csv``, and
+    ``dvc exp show --json`` to ``root/SHOWN`` (for tests on other workers, which must not run DVC in it)."""
+    from nodule_net.experiments import grid
+
     repo = root / "repo"
     repo.mkdir(parents=True)
     copy_working_tree(repo)
@@ -66,10 +75,37 @@ def build_experiment_repo(root: Path, python: Path) -> Path:
     run([dvc, "remote", "add", "--default", "store", str(root / "dvc-store")], repo, env)
     run(["git", "add", "."], repo, env)
     run(["git", "commit", "--quiet", "-m", SHARED_COMMIT], repo, env)
-    for name, variant in SHARED_EXPERIMENTS:
-        run([dvc, "exp", "run", "--name", name, "-S", f"model.variant={variant}"], repo, env)
-        shutil.copy(repo / "data" / "predictions.csv", root / f"{name}.csv")
+    by_name = {experiment.name: experiment for experiment in grid.select_experiments(list(SHARED_EXPERIMENTS))}
+    for experiment in (by_name[name] for name in SHARED_EXPERIMENTS):  # the grid's order is not ours
+        overrides = grid.set_params(grid.experiment_overrides(experiment, []))
+        run([dvc, "exp", "run", "--name", experiment.name, *overrides], repo, env)
+        shutil.copy(repo / "data" / "predictions.csv", root / f"{experiment.name}.csv")
+    (root / SHOWN).write_text(run([dvc, "exp", "show", "--json"], repo, env))
     return repo
+
+
+def shared_experiment_repo(tmp_path_factory) -> Path:
+    """The session's experiment repository (build_experiment_repo), built once for all pytest-xdist
+    workers: the first to ask builds it under a file lock, the others wait for it (pytest-xdist's way
+    of running a session fixture once)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-experiments"
+    with FileLock(f"{root}.lock"):
+        if not (root / SHOWN).is_file():  # written last: a build that failed is redone
+            shutil.rmtree(root, ignore_errors=True)
+            build_experiment_repo(root, Path(sys.executable))
+    return root / "repo"
+
+
+def shown_experiments(shown: str) -> dict[str, dict]:
+    """``dvc exp show --json``'s experiments by name."""
+    return {
+        rev["name"]: rev
+        for commit in json.loads(shown)
+        for group in commit.get("experiments") or ()
+        for rev in group["revs"]
+        if rev.get("name")
+    }
 
 
 def experiment_env(repo: Path, python: Path) -> dict[str, str]:

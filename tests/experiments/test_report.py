@@ -39,7 +39,8 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> None:
 @pytest.fixture(scope="module")
 def project(experiment_repo: Path) -> Path:
     """The session's git + DVC copy of the pipeline (tests/conftest.py) on one phantom patient (4 nodules)
-    with experiments t1-none, t1-sam; each experiment's predictions are also copied aside (``<name>.csv``)."""
+    with experiments t1-none, t5-classify, t1-sam; each experiment's predictions are also copied aside
+    (``<name>.csv``)."""
     return experiment_repo
 
 
@@ -157,7 +158,7 @@ def test_report_command_writes_markdown_and_figures(project: Path, tmp_path: Pat
     provenance = text.split("## Provenance")[1].split("## Marks")[0]
     assert f"- **Baseline commit** `{head.stdout.strip()}` (" in provenance and "): tiny pipeline" in provenance
     assert "- **Device**: `train.device=cpu` → cpu in every experiment." in provenance  # as train recorded it
-    assert "  - `train`: " in provenance and "`epochs=1`" in provenance and "`folds=[0, 1]`" in provenance
+    assert "  - `train`: " in provenance and "`epochs=2`" in provenance and "`folds=[0, 1]`" in provenance
     assert "| Training-fold mean (trivial baseline) | " in text.split("## Table 2.")[0]
     assert text.count("| Training-fold mean (trivial baseline) | ") == 3  # Tables 1, 2 and 4
 

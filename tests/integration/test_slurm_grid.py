@@ -2,14 +2,16 @@
 
 One run of the whole story on a one-patient phantom (4 nodules), 2 folds, 2 epochs:
 
-1. ``--exp t1-none t1-full t5-classify`` and, at once, ``--exp t1-sam -S train.device=cuda``
+1. ``--exp t1-none t1-sam t5-classify`` and, at once, ``--exp t1-full -S train.device=cuda``
    (a bad override: no GPU on the node) are submitted; the second shares the first's data job;
-2. t1-full is requeued (``scontrol requeue``) after its first epoch of fold 0;
-3. once all ended, the same grid is submitted again with all four names: only t1-sam is submitted;
-4. meanwhile, the three run locally with ``dvc exp run`` in a clone with a cache of its own.
+2. t1-sam is requeued (``scontrol requeue``) after its first epoch of fold 0;
+3. once all ended, the same grid is submitted again with all four names: only t1-full is submitted.
 
-Then the tests look at what each step left. Each Slurm task gets 1 CPU, hence 1 torch thread, as
-the local runs (``OMP_NUM_THREADS=1``): the same thread count gives bit-identical numbers.
+The same three ran locally with ``dvc exp run`` in the session's shared experiment repository
+(tests/repo_copies.py: the same params, a repository and cache of its own), built by whichever
+test worker asked first. Then the tests look at what each step left. Each Slurm task gets 1 CPU,
+hence 1 torch thread, as the local runs (``OMP_NUM_THREADS=1``): the same thread count gives
+bit-identical numbers.
 Skips, saying why, where the private Slurm cannot start (no slurm-wlm and munge, not root).
 """
 
@@ -29,7 +31,16 @@ import yaml
 
 from nodule_net.experiments import grid
 from nodule_net.experiments.records import pipeline_var
-from repo_copies import copy_working_tree, merged, run
+from repo_copies import (
+    SHARED_EXPERIMENTS,
+    SHARED_PARAMS,
+    SHOWN,
+    copy_working_tree,
+    merged,
+    run,
+    shared_experiment_repo,
+    shown_experiments,
+)
 from tools import slurm_cluster
 
 # One worker runs every test that starts a private Slurm (tests/conftest.py).
@@ -37,16 +48,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SUBMITTED = ("t1-none", "t1-full", "t5-classify")
-BAD = "t1-sam"
-REQUEUED = "t1-full"
-TINY = {  # params.yaml of the test's repository
-    "phantom": {"patients": ["LIDC-IDRI-0003"], "workers": 1},
-    "extract": {"workers": 1},
-    "folds": [0, 1],
-    "train": {"epochs": 2, "device": "cpu"},
-}
-WAIT_S = 900  # the whole run takes about 4 minutes on the 2-core development machine
+SUBMITTED = ("t1-none", "t1-sam", "t5-classify")  # those the shared repository ran locally
+BAD = "t1-full"
+REQUEUED = "t1-sam"
+assert set(SUBMITTED) == set(SHARED_EXPERIMENTS)
+WAIT_S = 900  # the whole run takes about 3 minutes on the 2-core development machine
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +97,13 @@ def _submissions(folder: Path) -> list[dict]:
 
 
 def _experiments(repo: Path, env: dict[str, str]) -> dict[str, dict]:
-    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], repo, env))
-    return {
-        rev["name"]: rev
-        for commit in shown
-        for group in commit.get("experiments") or ()
-        for rev in group["revs"]
-        if rev.get("name")
-    }
+    return shown_experiments(run([str(BIN / "dvc"), "exp", "show", "--json"], repo, env))
 
 
 @pytest.fixture(scope="module")
 def story(cluster, tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("slurm-grid")
-    repo, local = root / "repo", root / "local"
+    repo = root / "repo"
     env = cluster.env | {
         "PATH": f"{BIN}{os.pathsep}{cluster.env['PATH']}",
         "PYTHONPATH": str(repo),  # the copy's nodule_net, not the editable install's
@@ -117,7 +116,7 @@ def story(cluster, tmp_path_factory) -> SimpleNamespace:
     repo.mkdir()
     copy_working_tree(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(merged(params, TINY), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(merged(params, SHARED_PARAMS), sort_keys=False))
     gitignore = (repo / ".gitignore").read_text()
     if "/slurm/" not in gitignore.split():
         (repo / ".gitignore").write_text(gitignore + "/slurm/\n")
@@ -139,19 +138,11 @@ def story(cluster, tmp_path_factory) -> SimpleNamespace:
     # Slurm holds a requeued job back for a while (its BeginTime); release it at once.
     _wait(lambda: _pending(cluster, task), f"{task} pending again")
     cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")
-    # The same experiments locally, meanwhile (a clone with a cache of its own, one `dvc exp run` after
-    # another), with the -S lists the grid gives them; not before the requeue: with
-    # proctrack/linuxproc, a requeue once killed a local training process too.
-    run(["git", "clone", "--quiet", str(repo), str(local)], root, env)
-    local_env = env | {"PYTHONPATH": str(local), "OMP_NUM_THREADS": "1"}
-    extra: list[str] = []
-    chosen = grid.select_experiments(list(SUBMITTED))
-    commands = [
-        [str(BIN / "dvc"), "exp", "run", "--name", e.name, *grid.set_params(grid.experiment_overrides(e, extra))]
-        for e in chosen
-    ]
+    # The same experiments locally: the shared repository, here built in the background unless another
+    # worker has built or is building it. Not before the requeue: with proctrack/linuxproc, a requeue
+    # once killed a local training process too.
     background = ThreadPoolExecutor(1)
-    local_runs = background.submit(lambda: [run(command, local, local_env) for command in commands])
+    local_runs = background.submit(shared_experiment_repo, tmp_path_factory)
 
     _wait(
         lambda: not _active(cluster, [main["job"], second["job"], str(main["data_job"])]), "end of the grid", poll_s=2
@@ -161,7 +152,7 @@ def story(cluster, tmp_path_factory) -> SimpleNamespace:
     again = run([*submit, "--exp", *SUBMITTED, BAD, "--cpus-per-task=1"], repo, env)
     third = _submissions(folder)[-1]
     _wait(lambda: not _active(cluster, [third["job"]]), "end of the resubmission", poll_s=2)
-    local_runs.result(timeout=WAIT_S)
+    local = local_runs.result(timeout=WAIT_S)
     background.shutdown()
     status_at_end = run([*submit, "--status"], repo, env)
     report = root / "report"
@@ -173,7 +164,7 @@ def story(cluster, tmp_path_factory) -> SimpleNamespace:
         submissions=(main, second, third),
         status=(status_after_first, status_at_end),
         slurm=_experiments(repo, env),
-        local=_experiments(local, local_env),
+        local=shown_experiments((local.parent / SHOWN).read_text()),
         report=(report / "report.md").read_text(),
     )
 
@@ -223,7 +214,7 @@ def test_a_requeued_task_resumed_from_its_checkpoint(story) -> None:
     first, second = log.split("attempt 2,")
     assert "attempt 1," in first and "DUE TO JOB REQUEUE" in first
     assert re.search(r"Resuming fold 0 from \S*checkpoints\S*fold0\.pt after epoch [12]\b", second)
-    assert "Pushed experiment t1-full" in second
+    assert f"Pushed experiment {REQUEUED}" in second
     # ... and its metrics equal the uninterrupted local run's: test_slurm_experiments_equal_local_dvc_exp_runs
 
 
@@ -243,7 +234,7 @@ def test_resubmission_submits_only_what_is_missing(story) -> None:
     third = story.submissions[2]
     (sam,) = grid.select_experiments([BAD])
     assert third["experiments"] == [BAD] and third["set_params"][BAD] == grid.set_params(sam.overrides())
-    assert "skipped t1-none (done), t1-full (done), t5-classify (done)" in story.printed["again"]
+    assert "skipped t1-none (done), t1-sam (done), t5-classify (done)" in story.printed["again"]
     assert "data job" not in story.printed["again"]  # the data stages are done
     rows = {line.split()[0]: line.split()[1] for line in story.status[1].splitlines()[1:] if line.startswith("  t")}
     assert rows == dict.fromkeys([*SUBMITTED, BAD], "done")
