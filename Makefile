@@ -11,14 +11,16 @@ TORCH  ?= torch==2.13.0
 
 # The rest with uv, which installs the project's ~150 packages in seconds where pip takes over a
 # minute; torch stays pip's: uv does not look for the local wheel, and with torch installed first it
-# installs no other.
+# installs no other. --compile-bytecode as pip does: with PYTHONDONTWRITEBYTECODE set (as on our
+# machines) nothing else writes the .pyc files, and every process would compile dvc's and pandas's
+# sources again.
 UV     ?= uv>=0.13,<0.14
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip '$(UV)'
 	$(BIN)/pip install --quiet '$(TORCH)'
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed system-packages
