@@ -57,6 +57,14 @@ def merged(tree: dict, changes: dict) -> dict:
     return tree
 
 
+def copy_with_shared_params(repo: Path) -> None:
+    """This working tree copied into ``repo`` (made here), SHARED_PARAMS written into its params.yaml."""
+    repo.mkdir(parents=True)
+    copy_working_tree(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(merged(params, SHARED_PARAMS), sort_keys=False))
+
+
 def build_experiment_repo(root: Path, python: Path) -> Path:
     """A git + DVC copy of this working tree in ``root/repo`` with SHARED_PARAMS committed (message
     SHARED_COMMIT), a default DVC remote ``root/dvc-store`` committed with it, and SHARED_EXPERIMENTS run
@@ -65,10 +73,7 @@ def build_experiment_repo(root: Path, python: Path) -> Path:
     from nodule_net.experiments import grid
 
     repo = root / "repo"
-    repo.mkdir(parents=True)
-    copy_working_tree(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(merged(params, SHARED_PARAMS), sort_keys=False))
+    copy_with_shared_params(repo)
     env = experiment_env(repo, python)
     dvc = str(python.parent / "dvc")
     run(["git", "init", "--quiet", "--initial-branch=main"], repo, env)

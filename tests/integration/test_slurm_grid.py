@@ -27,16 +27,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from nodule_net.experiments import grid
 from nodule_net.experiments.records import pipeline_var
 from repo_copies import (
     SHARED_EXPERIMENTS,
-    SHARED_PARAMS,
     SHOWN,
-    copy_working_tree,
-    merged,
+    copy_with_shared_params,
     run,
     shared_experiment_repo,
     shown_experiments,
@@ -46,13 +43,12 @@ from tools import slurm_cluster
 # One worker runs every test that starts a private Slurm (tests/conftest.py).
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SUBMITTED = ("t1-none", "t1-sam", "t5-classify")  # those the shared repository ran locally
 BAD = "t1-full"
 REQUEUED = "t1-sam"
 assert set(SUBMITTED) == set(SHARED_EXPERIMENTS)
-WAIT_S = 900  # the whole run takes about 3 minutes on the 2-core development machine
+WAIT_S = 900  # the whole run takes about 3½ minutes on the 2-core development machine
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +109,7 @@ def story(cluster, tmp_path_factory) -> SimpleNamespace:
         "GIT_COMMITTER_NAME": "slurm test",
         "GIT_COMMITTER_EMAIL": "slurm@example.org",
     }
-    repo.mkdir()
-    copy_working_tree(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(merged(params, SHARED_PARAMS), sort_keys=False))
+    copy_with_shared_params(repo)
     gitignore = (repo / ".gitignore").read_text()
     if "/slurm/" not in gitignore.split():
         (repo / ".gitignore").write_text(gitignore + "/slurm/\n")
